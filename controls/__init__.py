@@ -1,0 +1,1 @@
+"""Pluggable control adapters (ControlNet branches, point-track motion prompting, PhysCtrl)."""

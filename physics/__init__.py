@@ -1,0 +1,1 @@
+"""Simulated worlds: differentiable simulators, renderer with ground truth, constraints. Imports nothing from wmgen."""
