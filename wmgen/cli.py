@@ -68,7 +68,7 @@ def toy2d(
     source: Annotated[str | None, typer.Option(help="Source distribution (gaussian or a toy set).")] = None,
     target: Annotated[str | None, typer.Option(help="Target toy set.")] = None,
     solver: Annotated[str | None, typer.Option(help="ODE solver for sampling.")] = None,
-    train_steps: Annotated[int | None, typer.Option(help="Training iterations.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training iterations.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -78,7 +78,7 @@ def toy2d(
     from wmgen.config import ConfigError, load_config
     from wmgen.train.toy2d import Toy2DConfig, run_toy2d
 
-    flags = {"source": source, "target": target, "solver": solver, "train_steps": train_steps, "seed": seed}
+    flags = {"source": source, "target": target, "solver": solver, "steps": steps, "seed": seed}
     overrides = {k: v for k, v in flags.items() if v is not None} | parse_overrides(set_)
     try:
         cfg = load_config(Toy2DConfig, config, overrides=overrides)
@@ -100,6 +100,52 @@ def demo(
     metrics = run_toy2d(Toy2DConfig(), out, progress=not quiet)
     typer.echo(json.dumps({k: metrics[k] for k in ("swd", "swd_reference", "nfe") if k in metrics}, indent=2))
     typer.echo(f"wrote {out}")
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option(help="Dataset directory (created, or resumed if it exists).")],
+    config: ConfigOpt = None,
+    num_clips: Annotated[int, typer.Option(min=1, help="Total clips the dataset should hold.")] = 1000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (1 thread each).")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Dataset seed: clip i depends only on (seed, i).")] = 0,
+    shard_size: Annotated[int, typer.Option(min=1, help="Clips per shard.")] = 64,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Simulate and render a world dataset into checksummed shards; a killed run resumes where it stopped."""
+    from physics.worlds import WorldConfig, generate_dataset
+    from wmgen.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(WorldConfig, config, overrides=parse_overrides(set_))
+        path = generate_dataset(
+            cfg, out, num_clips, workers=workers, seed=seed, shard_size=shard_size, progress=not quiet
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
+@world_app.command("preview")
+def world_preview(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/preview"),
+    config: ConfigOpt = None,
+    seed: Annotated[int, typer.Option(min=0, help="Scene seed (as a dataset with this seed would use).")] = 0,
+    index: Annotated[int, typer.Option(min=0, help="Clip index within that dataset.")] = 0,
+    set_: SetOpt = None,
+) -> None:
+    """Simulate one scene; write a GIF with its tracks drawn, a depth PNG and a point-cloud snapshot."""
+    from physics.worlds import WorldConfig, preview
+    from wmgen.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(WorldConfig, config, overrides=parse_overrides(set_))
+        written = preview(cfg, out, seed, index=index)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    for kind, path in written.items():
+        typer.echo(f"{kind}: {path}")
 
 
 def main() -> None:
