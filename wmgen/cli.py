@@ -56,6 +56,11 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _print_summary(metrics: dict[str, Any]) -> None:
+    keys = ("swd", "swd_reference", "precision", "recall", "nfe")
+    typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+
+
 @app.command()
 def version() -> None:
     """Print the wmgen version."""
@@ -85,7 +90,7 @@ def toy2d(
     except (ConfigError, FileNotFoundError) as err:
         _fail(err)
     metrics = run_toy2d(cfg, out, progress=not quiet)
-    typer.echo(json.dumps({k: metrics[k] for k in ("swd", "swd_reference", "nfe") if k in metrics}, indent=2))
+    _print_summary(metrics)
     typer.echo(f"wrote {out}")
 
 
@@ -98,7 +103,7 @@ def demo(
     from wmgen.train.toy2d import Toy2DConfig, run_toy2d
 
     metrics = run_toy2d(Toy2DConfig(), out, progress=not quiet)
-    typer.echo(json.dumps({k: metrics[k] for k in ("swd", "swd_reference", "nfe") if k in metrics}, indent=2))
+    _print_summary(metrics)
     typer.echo(f"wrote {out}")
 
 

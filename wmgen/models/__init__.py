@@ -1,0 +1,1 @@
+"""Networks: the velocity MLP for low-dimensional flows (mlp) and the video model family."""
