@@ -8,16 +8,6 @@ from wmgen.flow.analytic import GaussianFlow, GaussianMixtureFlow
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, which made this file ~8x slower on
-    # a loaded 2-core machine. Restored afterwards so other modules keep their setting.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

@@ -15,16 +15,6 @@ FIXED = [m for m, info in METHODS.items() if not info.adaptive and not info.stoc
 DETERMINISTIC = [m for m, info in METHODS.items() if not info.stochastic]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, which made this file ~8x slower on
-    # a loaded 2-core machine. Restored afterwards so other modules keep their setting.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gaussian_flow() -> GaussianFlow:
     cov1 = torch.tensor([[0.6, 0.2, 0.0], [0.2, 1.5, -0.3], [0.0, -0.3, 0.25]], dtype=F64)
     return GaussianFlow(

@@ -17,15 +17,6 @@ from physics import constraints as C
 DT = 1.0 / 12.0  # s between frames
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Simulate on one thread: the cores are shared, and two threads per process thrash under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 G = torch.tensor(C.GRAVITY, dtype=torch.float64)
 
 

@@ -26,16 +26,6 @@ from physics.mpm import (
 G = 9.81
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These scenes are small: one thread is faster than two on a busy 2-core machine, where an OpenMP op
-    waits for its second thread's time slice."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lattice_box(size, spacing: float, center, dtype=torch.float32) -> tuple[torch.Tensor, float]:
     """Particles on a regular lattice filling a box of edges ``size``: (x [1, N, 3], volume per particle)."""
     n = [max(1, round(s / spacing)) for s in size]

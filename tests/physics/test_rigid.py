@@ -25,15 +25,6 @@ F64 = torch.float64
 G = 9.81
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the solver's tensors are small: intra-op threading on shared, busy cores only adds spinning
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def t64(x) -> torch.Tensor:
     return torch.tensor(np.array(x, dtype=float), dtype=F64)
 

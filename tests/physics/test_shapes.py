@@ -11,16 +11,6 @@ import trimesh
 from physics import shapes as S
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the samplers' tensors are just big enough for intra-op threading, which on shared, busy cores
-    # spins far more than it gains; restore the caller's setting afterwards
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -53,15 +53,6 @@ def files(path: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Simulate on one thread, as generation does (the machine's cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted rigid dataset: 7 clips in shards of 2 (the last shard holds 1)."""
