@@ -29,8 +29,9 @@ def shift_time(t: Tensor, shift: float) -> Tensor:
     """Shift times towards the source: shift > 1 spends more of [0, 1] near t = 0 (noise); 1 is identity."""
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift}")
-    sigma = 1 - t
-    return 1 - shift * sigma / (1 + (shift - 1) * sigma)
+    # 1 - s sigma / (1 + (s - 1) sigma) rewritten as t / (t + s (1 - t)): exact at both ends (the direct
+    # form rounds to -2e-16 at t = 0 for s < 1).
+    return t / (t + shift * (1 - t))
 
 
 def time_grid(
