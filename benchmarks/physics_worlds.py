@@ -227,7 +227,7 @@ def main() -> None:
         print(f"| {s} | " + " | ".join(cells) + " |")
     d = results["mpm_detail"]
     print("\nMPM batch size (scenes sorted by stiffness, 1 thread):\n")
-    print("| scenes per batch | s per clip | substeps per frame |")
+    print("| scenes per batch | s per clip | batched substeps per frame (the batch's most) |")
     print("|---|---|---|")
     for b, r in d["batch"].items():
         print(f"| {b} | {r['s_per_clip']:.2f} | {r['substeps_per_frame']:.0f} |")

@@ -116,9 +116,9 @@ class WorldConfig:
     mpm_particles: int = field(default=2048, metadata={"range": (8, None)})  # per MPM scene, split by volume
     rigid_fraction: float = field(default=0.5, metadata={"range": (0.0, 1.0)})  # "mixed": rigid share
     # scenes per solver call. Rigid rollouts cost about the same for 1 or 32 scenes (per-substep overhead).
-    # An MPM batch steps at the CFL limit of its stiffest scene (scenes are sorted by stiffness within a
-    # shard first) and, on a CPU, small batches only amortise the ~1,100 kernel launches of a substep;
-    # raise mpm_batch_size on a GPU (benchmarks/physics_worlds.py)
+    # MPM scenes take their own CFL substeps (MPMConfig.per_scene_substeps); a batch amortises the ~1,000
+    # kernel launches of a substep over its scenes while they all run, and scenes are sorted by stiffness
+    # within a shard so that they finish their frames together (benchmarks/physics_worlds.py)
     batch_size: int = field(default=32, metadata={"range": (1, None)})
     mpm_batch_size: int = field(default=4, metadata={"range": (1, None)})
     supersample: int = field(default=2, metadata={"range": (1, 8)})  # render samples per pixel per axis
@@ -525,7 +525,7 @@ def simulate_batch(scenes: Sequence[Scene], config: WorldConfig | None = None) -
     clips: list[Clip | None] = [None] * len(scenes)
     for kind, simulate in (("rigid", _simulate_rigid), ("mpm", _simulate_mpm)):
         idx = [i for i, s in enumerate(scenes) if s.kind == kind]
-        if kind == "mpm":  # a batch steps at the CFL limit of its stiffest scene: batch similar scenes
+        if kind == "mpm":  # scenes of similar stiffness take similar substep counts: batch them together
             idx.sort(key=lambda i: (_wave_speed(scenes[i]), i))
         size = config.batch_size if kind == "rigid" else config.mpm_batch_size
         for start in range(0, len(idx), size):
