@@ -11,7 +11,7 @@ from diffusers import WanTransformer3DModel
 
 from wmgen.config import ConfigError, from_dict
 from wmgen.flow.paths import to_diffusers
-from wmgen.models import dit as dit_module
+from wmgen.models import io as checkpoint_io
 from wmgen.models.dit import (
     DIT_PRESETS,
     DiTConfig,
@@ -232,7 +232,7 @@ def test_failed_save_leaves_the_old_checkpoint_and_no_temporaries(tmp_path, monk
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(dit_module, "save_file", broken)
+    monkeypatch.setattr(checkpoint_io, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         make_model(seed=5).save_pretrained(path)
     assert torch.equal(VideoDiT.from_pretrained(path).head.weight, model.head.weight)

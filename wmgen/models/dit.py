@@ -34,9 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +41,11 @@ from typing import Any
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from wmgen.config import from_dict, to_dict, validate
+from wmgen.config import validate
+from wmgen.models.io import load_pretrained, save_pretrained
 from wmgen.models.layers import (
     FP32LayerNorm,
     RMSNorm,
@@ -79,7 +77,6 @@ __all__ = [
 ]
 
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as the sinusoid of 1000 t (Wan's timestep range)
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -463,57 +460,14 @@ class VideoDiT(nn.Module):
     # --- checkpoints ---------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``, atomically.
-
-        Both files are written to a temporary sibling directory that then replaces ``directory``, so a
-        failed save never leaves a half-written checkpoint. An existing ``directory`` is replaced only if
-        it holds nothing but these two files.
-        """
-        target = Path(directory)
-        if target.exists():
-            extra = sorted(set(os.listdir(target)) - {CONFIG_NAME, WEIGHTS_NAME}) if target.is_dir() else [""]
-            if extra:
-                raise FileExistsError(
-                    f"{target} exists and holds other things than {CONFIG_NAME} / {WEIGHTS_NAME} "
-                    f"({extra[:5]}); refusing to replace it"
-                )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            meta = {"_class_name": type(self).__name__, **to_dict(self.config)}
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-            state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old)
-            else:
-                os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``, atomically
+        (:func:`wmgen.models.io.save_pretrained`)."""
+        return save_pretrained(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> VideoDiT:
         """Load a checkpoint written by ``save_pretrained`` (safetensors only; nothing is unpickled)."""
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{directory / name} not found: expected a VideoDiT.save_pretrained folder"
-                )
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-        class_name = meta.pop("_class_name", None)
-        if class_name != cls.__name__:
-            raise ValueError(f"{directory / CONFIG_NAME} describes a {class_name!r}, not a {cls.__name__}")
-        config = from_dict(DiTConfig, meta)
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(device)), assign=True)
-        return model
+        return load_pretrained(cls, DiTConfig, directory, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------------
