@@ -4,22 +4,11 @@ import math
 
 import pytest
 import torch
+from flows import F64, gen, mixture_flow
 
-from wmgen.flow.analytic import GaussianFlow, GaussianMixtureFlow
+from wmgen.flow.analytic import GaussianFlow
 from wmgen.flow.likelihood import divergence, log_likelihood, standard_normal_log_prob
 from wmgen.flow.solvers import integrate
-
-F64 = torch.float64
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def mixture_flow() -> GaussianMixtureFlow:
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])
-    covs = torch.stack([0.3 * torch.eye(2), torch.tensor([[0.5, 0.2], [0.2, 0.4]]), 0.8 * torch.eye(2)])
-    return GaussianMixtureFlow(means, covs, torch.tensor([0.5, 0.3, 0.2]))
 
 
 def test_exact_divergence_log_likelihood_matches_mixture_density():

@@ -6,26 +6,17 @@ import math
 import pytest
 import torch
 import torchdiffeq
+from flows import F64, gaussian_flow, gen, mixture_flow
 
-from wmgen.flow.analytic import GaussianFlow, GaussianMixtureFlow
+from wmgen.flow.analytic import GaussianFlow
 from wmgen.flow.solvers import METHODS, Trajectory, integrate
 
-F64 = torch.float64
 FIXED = [m for m, info in METHODS.items() if not info.adaptive and not info.stochastic]
 DETERMINISTIC = [m for m, info in METHODS.items() if not info.stochastic]
 
 
-def gaussian_flow() -> GaussianFlow:
-    cov1 = torch.tensor([[0.6, 0.2, 0.0], [0.2, 1.5, -0.3], [0.0, -0.3, 0.25]], dtype=F64)
-    return GaussianFlow(
-        torch.tensor([0.5, -1.0, 0.0]), torch.tensor([1.0, 0.5, 2.0]), torch.tensor([2.0, 1.0, -1.0]), cov1
-    )
 
 
-def mixture_flow() -> GaussianMixtureFlow:
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])
-    covs = torch.stack([0.3 * torch.eye(2), torch.tensor([[0.5, 0.2], [0.2, 0.4]]), 0.8 * torch.eye(2)])
-    return GaussianMixtureFlow(means, covs, torch.tensor([0.5, 0.3, 0.2]))
 
 
 @functools.cache
@@ -40,8 +31,6 @@ def rate_3t2(x, t):
     return 3 * t[:, None] ** 2 * torch.ones_like(x)
 
 
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
