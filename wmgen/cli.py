@@ -30,14 +30,17 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="World datasets: generate and inspect.", no_args_is_help=True)
 world_app = typer.Typer(help="Simulated worlds: preview one scene.", no_args_is_help=True)
+train_app = typer.Typer(help="Training recipes (run under torchrun for DDP/FSDP).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(world_app, name="world")
+app.add_typer(train_app, name="train")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override one field: key=value (YAML value, dotted keys).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in `out` from its newest checkpoint.")]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -151,6 +154,140 @@ def world_preview(
         _fail(err)
     for kind, path in written.items():
         typer.echo(f"{kind}: {path}")
+
+
+TRAIN_RECIPES = {  # `wmgen train <name>`: (module, config dataclass, function(config, resume=) -> output path)
+    "vae": ("wmgen.train.vae", "VAETrainConfig", "train_vae"),
+    "flow": ("wmgen.train.flow", "FlowTrainConfig", "train_flow"),
+    "adapter": ("wmgen.train.adapter", "AdapterTrainConfig", "train_adapter"),
+}
+
+
+def _train(
+    recipe: str, config: Path | None, set_: list[str] | None, resume: bool, quiet: bool, section: str | None = None
+) -> None:
+    """Shared body of the `wmgen train ...` commands: config section ``section`` (default ``recipe``)."""
+    import importlib
+
+    from wmgen.config import ConfigError, load_config
+    from wmgen.train.common import TrainingDiverged
+
+    module, config_name, run_name = TRAIN_RECIPES[recipe]
+    config_cls, run = (getattr(importlib.import_module(module), n) for n in (config_name, run_name))
+    overrides = parse_overrides(set_)
+    if quiet:
+        overrides["loop.progress"] = False
+    try:
+        cfg = load_config(config_cls, config, overrides=overrides, section=section or recipe)
+        path = run(cfg, resume=resume)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TypeError, TrainingDiverged) as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
+@train_app.command("vae")
+def train_vae(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = False, quiet: QuietOpt = False):
+    """Train the causal video VAE on a world dataset (section `vae` of the config file)."""
+    _train("vae", config, set_, resume, quiet)
+
+
+@train_app.command("flow")
+def train_flow(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = False, quiet: QuietOpt = False):
+    """Train the VideoDiT by flow matching on VAE latents (section `flow` of the config file)."""
+    _train("flow", config, set_, resume, quiet)
+
+
+@train_app.command("adapter")
+def train_adapter(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    quiet: QuietOpt = False,
+    kind: Annotated[str | None, typer.Option(help="tracks | depth | edges | mask (overrides the config).")] = None,
+    section: Annotated[str, typer.Option(help="Config file section to read.")] = "adapter",
+):
+    """Train a control adapter on a frozen world model (config section `adapter`, or --section)."""
+    if kind is not None:
+        set_ = [*(set_ or []), f"kind={kind}"]
+    _train("adapter", config, set_, resume, quiet, section=section)
+
+
+@data_app.command("encode")
+def data_encode(
+    data: Annotated[Path, typer.Option(help="World dataset directory.")],
+    vae: Annotated[Path, typer.Option(help="Trained VAE directory (wmgen train vae).")],
+    out: Annotated[Path, typer.Option(help="Latents directory to write.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder call.")] = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Pre-encode a world dataset's clips to VAE posterior latents (mean, std) for `wmgen train flow`."""
+    from wmgen.train.flow import encode_latents
+
+    try:
+        path = encode_latents(data, vae, out, batch_size=batch_size, progress=not quiet)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("generate")
+def generate(
+    model: Annotated[Path, typer.Argument(help="World model directory (WorldModel.save_pretrained).")],
+    out: Annotated[Path, typer.Option(help="Output video: .mp4, .gif or .png (a sheet of frames); JSON beside it.")],
+    prompt: Annotated[str, typer.Option(help="Text prompt.")] = "",
+    first_frame: Annotated[
+        Path | None, typer.Option(help="RGB image to start from (image-to-video models), resolution x resolution.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Solver steps (default: the model's).")] = None,
+    method: Annotated[str | None, typer.Option(help="ODE solver, e.g. heun, euler (default: the model's).")] = None,
+    cfg_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance weight (1 = off).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Prompt to steer away from (cfg-scale > 1).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed (default: a random one, recorded).")] = None,
+    num_clips: Annotated[int, typer.Option(min=1, help="More than 1: autoregressive rollout of this many clips.")] = 1,
+    device: Annotated[str, typer.Option(help="Torch device to run on.")] = "cpu",
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate a video with a saved world model (a rollout of several clips with --num-clips)."""
+    import os
+    import random
+
+    from PIL import Image, UnidentifiedImageError
+
+    from wmgen.pipeline import VIDEO_SUFFIXES, WorldModel
+
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        _fail(ValueError(f"--out must end in one of {list(VIDEO_SUFFIXES)}, got {str(out)!r}"))
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    try:
+        image = None
+        if first_frame is not None:
+            try:
+                with Image.open(first_frame) as im:
+                    image = im.copy()  # load the pixels before the file closes
+            except UnidentifiedImageError as err:
+                raise ValueError(f"--first-frame {first_frame} is not an image Pillow can read") from err
+        wm = WorldModel.from_pretrained(model, device=device)
+        kwargs = {"steps": steps, "method": method, "cfg_scale": cfg_scale, "negative_prompt": negative_prompt}
+        kwargs |= {"seed": seed, "progress": not quiet}
+        if num_clips == 1:
+            video = wm.generate(prompt, image, **kwargs)
+        else:
+            video = wm.rollout(prompt, image, num_clips=num_clips, **kwargs)
+        path = video.save(out)
+    except (FileNotFoundError, ValueError, TypeError, KeyError, ImportError) as err:
+        _fail(err)
+    c = wm.config
+    record = {
+        "model": str(model), "video": str(path), "prompt": prompt, "negative_prompt": negative_prompt,
+        "first_frame": None if first_frame is None else str(first_frame), "seed": seed, "num_clips": num_clips,
+        "steps": steps or c.steps, "method": method or c.method,
+        "cfg_scale": c.cfg_scale if cfg_scale is None else cfg_scale, "frames": video.pixels.shape[2], "fps": c.fps,
+    }  # fmt: skip
+    meta = path.with_suffix(".json")
+    tmp = meta.with_name(f".{meta.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, meta)  # atomic, like the video
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -1,0 +1,322 @@
+"""Recipe: train the VideoDiT by conditional flow matching on VAE latents (`wmgen train flow`).
+
+Objective (Lipman et al. 2023, CFM on the CondOT path; Esser et al. 2024 logit-normal times): for normalised
+latents x1 [B, C, T', H', W'] of a clip, noise x0 ~ N(0, I) and t ~ p(t),
+
+    x_t = (1 - t) x0 + t x1,        L = E |v_theta(x_t, t | text, first frame) - (x1 - x0)|^2
+
+Conditioning (the world-model setting "from this frame, what happens next"): the first latent frame x1[:, :, 0]
+is given to the image-to-video DiT (Wan I2V channel layout; the causal VAE encodes frame 0 alone, so it is
+exactly the first frame's latent), the caption's MiniLM tokens go to cross-attention. For classifier-free
+guidance the text is replaced by a learned null embedding with probability ``text_dropout`` and the first
+frame by zeros with probability ``image_dropout``.
+
+Latents come either from a pre-encoded directory (``wmgen data encode``: posterior mean and std per clip,
+sampled afresh every step) or are encoded on the fly from the world dataset. Validation: the same loss on
+held-out clips at a fixed grid of times with fixed noise and no dropout (a deterministic curve), with the EMA
+weights. Export: a ``wmgen.pipeline.WorldModel`` (VAE + EMA DiT + null text) in ``<out>/model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from wmgen.config import validate
+from wmgen.flow.schedules import LogitNormalTime, ShiftedTime, UniformTime
+from wmgen.models.dit import DIT_PRESETS, VideoDiT
+from wmgen.models.text import NullText, make_text_encoder
+from wmgen.models.vae import CausalVAE
+from wmgen.train.common import Distributed, LoopConfig, Trainer, global_batch_indices, rank_slice
+
+__all__ = ["FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "train_flow"]
+
+LATENTS_FILE = "latents.safetensors"
+LATENTS_META = "latents.json"
+
+
+@dataclass(frozen=True)
+class FlowTrainConfig:
+    """`wmgen train flow`: data, backbone preset, conditioning, objective and the loop."""
+
+    data: str = ""  # training world dataset (physics.worlds); used when `latents` is empty
+    val_data: str = ""  # held-out world dataset; used when `val_latents` is empty
+    latents: str = ""  # pre-encoded training latents (wmgen data encode), preferred on CPU
+    val_latents: str = ""  # pre-encoded held-out latents
+    vae: str = ""  # trained VAE directory (wmgen train vae): latent statistics and on-the-fly encoding
+    out: str = "outputs/flow"  # run directory: checkpoints/, metrics.jsonl, model/ (the WorldModel)
+    preset: str = "tiny"  # key of wmgen.models.dit.DIT_PRESETS
+    image_to_video: bool = True  # condition on the first frame (Wan I2V channels)
+    text_encoder: str = "minilm"  # key of wmgen.models.text.TEXT_ENCODERS
+    text_max_length: int = field(default=32, metadata={"range": (1, None)})  # caption tokens Lc
+    text_dropout: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # P(caption -> null), for CFG
+    image_dropout: float = field(default=0.0, metadata={"range": (0.0, 1.0)})  # P(first frame -> zeros)
+    time_sampler: Literal["logit_normal", "uniform"] = "logit_normal"  # p(t) before the shift (SD3)
+    train_shift: float = field(default=1.0, metadata={"range": (1e-3, 1e3)})  # t -> t / (t + s (1 - t))
+    gradient_checkpointing: bool = False  # recompute blocks in backward (big presets)
+    val_clips: int = field(default=64, metadata={"range": (1, None)})  # held-out clips per validation
+    val_times: int = field(default=8, metadata={"range": (1, None)})  # fixed times t = (k + 0.5) / n
+    sample_steps: int = field(default=32, metadata={"range": (1, None)})  # exported sampling default
+    sample_shift: float = field(default=1.0, metadata={"range": (1e-3, 1e3)})  # exported sampling default
+    cfg_scale: float = field(default=1.0, metadata={"range": (0.0, None)})  # exported sampling default
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(steps=4000, batch_size=16, lr=3e-4, warmup_steps=200, val_every=500)
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.preset not in DIT_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(DIT_PRESETS)}, got {self.preset!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. latents
+
+
+def _check_dir(path: str | os.PathLike, name: str, marker: str) -> Path:
+    path = Path(path)
+    if not (path / marker).is_file():
+        raise FileNotFoundError(f"{name} = {str(path)!r} is not a directory holding {marker}")
+    return path
+
+
+@torch.no_grad()
+def encode_latents(
+    data: str | os.PathLike,
+    vae: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Encode every clip of a world dataset with a trained VAE; write posterior mean and std (fp16) + captions.
+
+    ``out`` gets ``latents.safetensors`` {"mean", "std": [N, C, T', H', W']} and ``latents.json`` (captions,
+    source paths); written into a temporary directory and renamed, so an interrupted run leaves nothing.
+    """
+    from physics.worlds import WorldDataset
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"out = {str(out)!r} exists; remove it or choose another directory")
+    dataset = WorldDataset(data)
+    model = CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json"), device=device).eval()
+    means, stds = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="encode"):
+        video = torch.stack([dataset[i]["video"] for i in range(start, min(start + batch_size, len(dataset)))])
+        posterior = model.encode(video.to(device))
+        means.append(posterior.mean.half().cpu())
+        stds.append(posterior.std.half().cpu())
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({"mean": torch.cat(means), "std": torch.cat(stds)}, tmp / LATENTS_FILE)
+    meta = {
+        "captions": [dataset.records[i]["caption"] for i in range(len(dataset))],
+        "data": str(Path(data).resolve()),
+        "vae": str(Path(vae).resolve()),
+    }
+    (tmp / LATENTS_META).write_text(json.dumps(meta))
+    os.replace(tmp, out)
+    return out
+
+
+class LatentClips:
+    """Normalised training latents and captions of a dataset, pre-encoded or encoded on the fly.
+
+    ``sample(indices, generator)`` draws z ~ q(z | clip) for each index and normalises it with the VAE's
+    per-channel statistics: [b, C, T', H', W'].
+    """
+
+    def __init__(self, vae: CausalVAE, *, latents: str = "", data: str = "", device: torch.device):
+        self.vae, self.device = vae, device
+        if latents:
+            path = _check_dir(latents, "latents", LATENTS_FILE)
+            tensors = load_file(path / LATENTS_FILE)
+            self.mean, self.std = tensors["mean"], tensors["std"]
+            self.captions = json.loads((path / LATENTS_META).read_text())["captions"]
+            self.dataset = None
+            if self.mean.shape[1] != vae.config.z_dim:
+                raise ValueError(
+                    f"latents in {path} have {self.mean.shape[1]} channels, the VAE z_dim is {vae.config.z_dim}"
+                )
+        elif data:
+            from physics.worlds import WorldDataset
+
+            self.dataset = WorldDataset(data)
+            self.captions = [r["caption"] for r in self.dataset.records]
+        else:
+            raise ValueError("give either a pre-encoded latents directory or a world dataset directory, got neither")
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @torch.no_grad()
+    def sample(self, indices: Tensor, generator: torch.Generator) -> Tensor:
+        if self.dataset is None:
+            mean, std = self.mean[indices].float(), self.std[indices].float()  # (b, C, T', H', W')
+        else:
+            video = torch.stack([self.dataset[int(i)]["video"] for i in indices]).to(self.device)
+            posterior = self.vae.encode(video)
+            mean, std = posterior.mean.cpu(), posterior.std.cpu()
+        z = mean + std * torch.randn(mean.shape, generator=generator)
+        return self.vae.normalize(z.to(self.device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. the trained module
+
+
+class FlowModule(nn.Module):
+    """The DiT and its learned null text embedding: everything `wmgen train flow` optimises."""
+
+    def __init__(self, dit: VideoDiT, null_text: NullText):
+        super().__init__()
+        self.dit = dit
+        self.null_text = null_text
+
+    def forward(self, x_t: Tensor, t: Tensor, context: Tensor, drop: Tensor, image_latent: Tensor | None) -> Tensor:
+        """v [b, C, T', H', W'] for x_t at t [b], text tokens context [b, Lc, Dc] (rows with drop [b] -> null)."""
+        return self.dit(x_t, t, context=self.null_text(context, drop), image_latent=image_latent)
+
+
+def _time_sampler(config: FlowTrainConfig):
+    base = LogitNormalTime() if config.time_sampler == "logit_normal" else UniformTime()
+    return base if config.train_shift == 1.0 else ShiftedTime(config.train_shift, base)
+
+
+class CaptionTable:
+    """Text tokens of every distinct caption, encoded once: ``lookup(captions) -> [b, Lc, Dc]``."""
+
+    def __init__(self, captions: list[str], encoder, *, batch: int = 64, progress: bool = False):
+        unique = sorted(set(captions))
+        self.row = {c: i for i, c in enumerate(unique)}
+        rows = [encoder(unique[i : i + batch]) for i in tqdm(range(0, len(unique), batch), disable=not progress,
+                                                             desc="captions")]
+        self.table = torch.cat(rows) if rows else torch.zeros(0, encoder.max_length, encoder.dim)  # (U, Lc, Dc)
+
+    def lookup(self, captions: list[str]) -> Tensor:
+        return self.table[[self.row[c] for c in captions]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. the recipe
+
+
+def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
+    """Train (or ``resume``) the DiT; returns the exported WorldModel directory ``<out>/model``."""
+    import dataclasses
+
+    from wmgen.pipeline import WorldModel, WorldModelConfig
+
+    loop = config.loop
+    out = Path(config.out)
+    with Distributed() as d:
+        vae = CausalVAE.from_pretrained(_check_dir(config.vae, "vae", "config.json"), device=d.device).eval()
+        train = LatentClips(vae, latents=config.latents, data=config.data, device=d.device)
+        val = LatentClips(vae, latents=config.val_latents, data=config.val_data, device=d.device)
+        encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
+        captions = CaptionTable(train.captions + val.captions, encoder, progress=loop.progress and d.is_main)
+
+        dit_config = dataclasses.replace(
+            DIT_PRESETS[config.preset], in_channels=vae.config.z_dim, out_channels=vae.config.z_dim,
+            text_dim=encoder.dim, image_to_video=config.image_to_video,
+        )
+        dit = VideoDiT(dit_config, generator=torch.Generator().manual_seed(loop.seed))
+        dit.gradient_checkpointing = config.gradient_checkpointing
+        module = FlowModule(dit, NullText(config.text_max_length, encoder.dim)).to(d.device)
+        if not resume and (out / "checkpoints").exists():
+            raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another out")
+        trainer = Trainer(module, loop, out, dist=d, config=config, shard=list(dit.blocks))
+        if resume:
+            trainer.resume()
+        per_rank = rank_slice(loop.batch_size, d.rank, d.world_size)
+        local = per_rank.stop - per_rank.start
+        if local % loop.grad_accum:
+            raise ValueError(f"batch_size / world size ({local}) must be divisible by grad_accum ({loop.grad_accum})")
+        micro_size = local // loop.grad_accum
+        sampler = _time_sampler(config)
+
+        def batch(clips: LatentClips, idx: Tensor, gen: torch.Generator, dropout: bool) -> tuple[Tensor, ...]:
+            x1 = clips.sample(idx, gen)  # (b, C, T', H', W')
+            b = x1.shape[0]
+            context = captions.lookup([clips.captions[int(i)] for i in idx]).to(d.device)  # (b, Lc, Dc)
+            drop_text = torch.rand(b, generator=gen) < (config.text_dropout if dropout else 0.0)
+            image = None
+            if config.image_to_video:
+                keep = torch.rand(b, generator=gen) >= (config.image_dropout if dropout else 0.0)
+                image = x1[:, :, 0] * keep.to(d.device, x1.dtype).view(b, 1, 1, 1)  # (b, C, H', W')
+            x0 = torch.randn(x1.shape, generator=gen).to(d.device)
+            return x1, x0, context, drop_text.to(d.device), image
+
+        def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+            # The whole global batch's randomness is drawn here and sliced, so any world size sees the same.
+            idx_all = global_batch_indices(len(train), loop.batch_size, step, loop.seed)
+            idx = idx_all[per_rank][micro * micro_size : (micro + 1) * micro_size]
+            x1, x0, context, drop, image = batch(train, idx, gen, dropout=True)
+            t = sampler.sample(x1.shape[0], generator=gen).to(d.device)  # (b,)
+            tt = t.view(-1, 1, 1, 1, 1)
+            x_t = (1 - tt) * x0 + tt * x1
+            v = trainer.model(x_t, t, context, drop, image)
+            return (v.float() - (x1 - x0)).square().mean(), {}
+
+        def ema_module() -> FlowModule:
+            model = copy.deepcopy(module)
+            model.load_state_dict(trainer.ema_state(), strict=False)
+            return model.eval()
+
+        @torch.no_grad()
+        def validate_fn(step: int) -> dict[str, Any]:
+            if not d.is_main:
+                return {}
+            model = ema_module()
+            n = min(config.val_clips, len(val))
+            gen = torch.Generator().manual_seed(12345)  # the same noise at every validation
+            per_t = []
+            for k in range(config.val_times):
+                t_k = (k + 0.5) / config.val_times
+                losses = []
+                for start in range(0, n, 16):
+                    idx = torch.arange(start, min(start + 16, n))
+                    x1, x0, context, drop, image = batch(val, idx, gen, dropout=False)
+                    x_t = (1 - t_k) * x0 + t_k * x1
+                    t = torch.full((len(idx),), t_k, device=d.device)
+                    v = model(x_t, t, context, drop, image)
+                    losses.append((v - (x1 - x0)).square().flatten(1).mean(1))
+                per_t.append(torch.cat(losses).mean().item())
+            return {"val_loss": sum(per_t) / len(per_t), "val_loss_t": [round(x, 5) for x in per_t]}
+
+        def export() -> None:
+            if not d.is_main:
+                return
+            model = ema_module()
+            wm_config = WorldModelConfig(
+                text_encoder=config.text_encoder, text_max_length=config.text_max_length,
+                steps=config.sample_steps, shift=config.sample_shift, cfg_scale=config.cfg_scale,
+                **_video_shape(config, train),
+            )
+            world = WorldModel(vae, model.dit, null_text=model.null_text, config=wm_config, text_encoder=encoder)
+            world.save_pretrained(out / "model")
+
+        trainer.fit(loss_fn, validate=validate_fn, export=export)
+    return out / "model"
+
+
+def _video_shape(config: FlowTrainConfig, clips: LatentClips) -> dict[str, Any]:
+    """resolution, num_frames and fps of the training clips, for the exported WorldModel."""
+    from physics.worlds import WorldDataset
+
+    source = config.data or json.loads((Path(config.latents) / LATENTS_META).read_text())["data"]
+    world = WorldDataset(source, verify=False).config
+    return {"resolution": world["resolution"], "num_frames": world["frames"], "fps": world["fps"]}

@@ -1,0 +1,218 @@
+"""Recipe: train the causal video VAE on a world dataset (`wmgen train vae`).
+
+Loss (Rombach et al. 2022, LDM; Esser et al. 2021, VQGAN), on random space-time crops of the clips (the VAE is
+convolutional and causal, so crops train the same weights far cheaper than whole clips on a CPU):
+
+    L = l1_weight |x_hat - x|_1 + ssim_weight (1 - SSIM(x_hat, x)) + kl_weight KL(q(z|x) || N(0, I)) / pixels
+        [+ disc_weight * hinge generator loss of a PatchGAN discriminator after disc_start]
+
+where the KL is summed over latents and divided by the pixel count (LDM's per-sample-sum convention with a
+per-pixel reconstruction mean) and SSIM is kornia's (11x11 Gaussian window) per frame on [0, 1] images.
+
+The optional discriminator (Isola et al. 2017 PatchGAN, per frame) is trained in the same optimizer step with
+the hinge loss on *detached* reconstructions, while the generator's adversarial term is computed through a
+functional call with *detached* discriminator weights: each loss reaches only its own player's parameters, so
+one AdamW serves both.
+
+Validation: PSNR (data range 2 for [-1, 1] pixels) and SSIM of whole held-out clips reconstructed from the
+posterior mode, with the EMA weights. Export: the EMA weights with per-channel latent statistics measured on
+training clips, written by ``CausalVAE.save_pretrained`` to ``<out>/vae``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from wmgen.config import validate
+from wmgen.models.vae import VAE_PRESETS, CausalVAE
+from wmgen.train.common import Distributed, LoopConfig, Trainer, global_batch_indices, rank_slice
+
+__all__ = ["PatchDiscriminator", "VAETrainConfig", "reconstruction_metrics", "train_vae"]
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """`wmgen train vae`: data, model preset, loss weights and the loop."""
+
+    data: str = ""  # training world dataset directory (physics.worlds)
+    val_data: str = ""  # held-out world dataset directory
+    out: str = "outputs/vae"  # run directory: checkpoints/, metrics.jsonl, vae/ (the exported model)
+    preset: str = "tiny"  # key of wmgen.models.vae.VAE_PRESETS
+    crop_frames: int = field(default=5, metadata={"range": (0, None)})  # 1 + 4k frames per crop; 0: whole clip
+    crop_size: int = field(default=32, metadata={"range": (0, None)})  # square crop (pixels); 0: whole frame
+    l1_weight: float = field(default=1.0, metadata={"range": (0.0, None)})
+    ssim_weight: float = field(default=0.2, metadata={"range": (0.0, None)})  # weight of (1 - SSIM)
+    kl_weight: float = field(default=1e-6, metadata={"range": (0.0, None)})  # LDM's KL weight
+    disc_weight: float = field(default=0.0, metadata={"range": (0.0, None)})  # adversarial weight; 0: no disc
+    disc_start: int = field(default=0, metadata={"range": (0, None)})  # step the adversarial terms switch on
+    disc_channels: int = field(default=32, metadata={"range": (1, None)})  # discriminator width
+    val_clips: int = field(default=64, metadata={"range": (1, None)})  # held-out clips per validation
+    stats_clips: int = field(default=256, metadata={"range": (1, None)})  # training clips for latent stats
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(steps=2000, batch_size=8, lr=3e-4, warmup_steps=100, val_every=500)
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.preset not in VAE_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(VAE_PRESETS)}, got {self.preset!r}")
+        if self.crop_frames and (self.crop_frames - 1) % 4:
+            raise ValueError(f"crop_frames must be 0 or 1 + 4k (5, 9, 17, ...), got {self.crop_frames}")
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola et al. 2017) on single frames: [N, 3, H, W] -> logits [N, 1, H / 8, W / 8]."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(8, 2 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.GroupNorm(8, 4 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * c, 1, 3, 1, 1),
+        )  # fmt: skip
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.net(frames)
+
+
+class VAEWithDiscriminator(nn.Module):
+    """The trained module: the VAE and (optionally) its discriminator, so one optimizer and DDP cover both."""
+
+    def __init__(self, vae: CausalVAE, disc: PatchDiscriminator | None):
+        super().__init__()
+        self.vae = vae
+        self.disc = disc
+
+    def forward(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        recon, posterior = self.vae(video, sample=True, generator=generator)
+        return recon, posterior.kl()
+
+
+def _frames(video: Tensor) -> Tensor:
+    """[B, 3, T, H, W] in [-1, 1] -> [B*T, 3, H, W] in [0, 1]."""
+    return ((video.transpose(1, 2).flatten(0, 1) + 1) / 2).clamp(0, 1)
+
+
+def reconstruction_metrics(recon: Tensor, video: Tensor) -> dict[str, float]:
+    """PSNR (dB, data range 2 for [-1, 1]) averaged per clip, and mean SSIM over frames."""
+    mse = (recon.float().clamp(-1, 1) - video.float()).square().flatten(1).mean(1)  # (B,)
+    psnr = (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
+    ssim = kornia.metrics.ssim(_frames(recon), _frames(video), window_size=11).mean()
+    return {"psnr": psnr.item(), "ssim": ssim.item()}
+
+
+def _crop(video: Tensor, frames: int, size: int, generator: torch.Generator) -> Tensor:
+    """Random [3, frames, size, size] crop of one clip [3, T, H, W] (0 = keep that axis whole)."""
+    _, T, H, W = video.shape
+    f = frames or T
+    s_h, s_w = (size or H), (size or W)
+    if f > T or s_h > H or s_w > W:
+        raise ValueError(f"crop ({f} frames, {s_h}x{s_w}) is larger than the clips ({T} frames, {H}x{W})")
+    t0 = int(torch.randint(0, T - f + 1, (), generator=generator))
+    y0 = int(torch.randint(0, H - s_h + 1, (), generator=generator))
+    x0 = int(torch.randint(0, W - s_w + 1, (), generator=generator))
+    return video[:, t0 : t0 + f, y0 : y0 + s_h, x0 : x0 + s_w]
+
+
+def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
+    """Train (or ``resume``) a VAE; returns the exported model directory ``<out>/vae``."""
+    from physics.worlds import WorldDataset
+
+    for name in ("data", "val_data"):
+        if not getattr(config, name):
+            raise ValueError(f"{name} must name a world dataset directory (wmgen data generate), got ''")
+    train_set, val_set = WorldDataset(config.data), WorldDataset(config.val_data)
+    loop = config.loop
+    out = Path(config.out)
+    with Distributed() as d:
+        vae = CausalVAE(VAE_PRESETS[config.preset], generator=torch.Generator().manual_seed(loop.seed))
+        disc = PatchDiscriminator(config.disc_channels) if config.disc_weight > 0 else None
+        module = VAEWithDiscriminator(vae, disc).to(d.device)
+        trainer = Trainer(module, loop, out, dist=d, config=config)
+        if not resume and (out / "checkpoints").exists():
+            raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another out")
+        if resume:
+            trainer.resume()
+        per_rank = rank_slice(loop.batch_size, d.rank, d.world_size)
+        local = per_rank.stop - per_rank.start
+        if local % loop.grad_accum:
+            raise ValueError(
+                f"batch_size / world size ({local}) must be divisible by grad_accum ({loop.grad_accum})"
+            )
+        micro_size = local // loop.grad_accum
+
+        def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+            idx = global_batch_indices(len(train_set), loop.batch_size, step, loop.seed)[per_rank]
+            idx = idx[micro * micro_size : (micro + 1) * micro_size]
+            crop_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
+            video = torch.stack([_crop(train_set[int(i)]["video"], config.crop_frames, config.crop_size, crop_gen)
+                                 for i in idx]).to(d.device)  # (b, 3, T, H, W)
+            recon, kl = trainer.model(video, gen)
+            l1 = (recon - video).abs().mean()
+            ssim = kornia.metrics.ssim(_frames(recon), _frames(video), window_size=11).mean()
+            kl_term = kl.mean() / video[0].numel()
+            loss = config.l1_weight * l1 + config.ssim_weight * (1 - ssim) + config.kl_weight * kl_term
+            metrics = {"l1": l1.item(), "ssim": ssim.item(), "kl": kl_term.item()}
+            if disc is not None and step >= config.disc_start:
+                real, fake = _frames(video) * 2 - 1, _frames(recon) * 2 - 1
+                frozen = {k: v.detach() for k, v in disc.named_parameters()}
+                g_adv = -functional_call(disc, frozen, (fake,)).mean()  # generator: reach only the VAE
+                d_loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()  # hinge
+                loss = loss + config.disc_weight * g_adv + d_loss
+                metrics.update(g_adv=g_adv.item(), d_loss=d_loss.item())
+            elif disc is not None:  # keep the discriminator in the graph so DDP sees every parameter used
+                loss = loss + 0.0 * sum(p.sum() for p in disc.parameters())
+            return loss, metrics
+
+        def ema_vae() -> CausalVAE:
+            model = copy.deepcopy(vae)
+            weights = {k.removeprefix("vae."): v for k, v in trainer.ema_state().items() if k.startswith("vae.")}
+            model.load_state_dict(weights, strict=False)
+            return model.eval()
+
+        @torch.no_grad()
+        def validate_fn(step: int) -> dict[str, Any]:
+            if not d.is_main:
+                return {}
+            model = ema_vae()
+            scores = []
+            for start in range(0, min(config.val_clips, len(val_set)), 8):
+                stop = min(start + 8, config.val_clips, len(val_set))
+                video = torch.stack([val_set[i]["video"] for i in range(start, stop)]).to(d.device)
+                recon = model.decode(model.encode(video).mode())
+                scores.append((stop - start, reconstruction_metrics(recon, video)))
+            n = sum(k for k, _ in scores)
+            return {f"val_{key}": sum(k * s[key] for k, s in scores) / n for key in ("psnr", "ssim")}
+
+        @torch.no_grad()
+        def export() -> None:
+            if not d.is_main:
+                return
+            model = ema_vae()
+            mean, sq, count = 0.0, 0.0, 0
+            for start in range(0, min(config.stats_clips, len(train_set)), 8):
+                stop = min(start + 8, config.stats_clips, len(train_set))
+                video = torch.stack([train_set[i]["video"] for i in range(start, stop)]).to(d.device)
+                z = model.encode(video).mode().double()  # (b, C, T', H', W')
+                mean = mean + z.sum((0, 2, 3, 4))
+                sq = sq + z.square().sum((0, 2, 3, 4))
+                count += z[:, 0].numel()
+            mu = mean / count
+            std = (sq / count - mu.square()).clamp_min(1e-12).sqrt()
+            model.set_latent_stats(mu.float(), std.float())
+            model.save_pretrained(out / "vae")
+
+        trainer.fit(loss_fn, validate=validate_fn, export=export)
+    return out / "vae"
+
