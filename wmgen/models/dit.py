@@ -476,6 +476,8 @@ class VideoDiT(nn.Module):
 DIT_PRESETS: dict[str, DiTConfig] = {
     # 2 CPU cores: 64x64 x 17 frames -> latents 16 x 5 x 8 x 8 -> 80 tokens; MiniLM text (384-d)
     "tiny": DiTConfig(dim=256, num_layers=4, num_heads=4, ffn_dim=1024, text_dim=384),
+    # the same for the 4x-spatial VAE (VAE_PRESETS["tiny-s4"]): latents 16 x 5 x 16 x 16, 1x4x4 patches -> 80 tokens
+    "tiny-s4": DiTConfig(dim=256, num_layers=4, num_heads=4, ffn_dim=1024, text_dim=384, patch=(1, 4, 4)),
     # one GPU: 256x256 x 33 frames -> latents 16 x 9 x 32 x 32 -> 2304 tokens; ~119M params.
     "small": DiTConfig(dim=768, num_layers=12, num_heads=6, ffn_dim=3072, text_dim=384),
     # Wan2.1-T2V-1.3B: 12 heads of 128, umT5-XXL text; 1,418,996,800 params like diffusers' port.

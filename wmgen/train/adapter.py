@@ -29,7 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from wmgen.config import validate
-from wmgen.train.common import Distributed, LoopConfig, Trainer, global_batch_indices, rank_slice
+from wmgen.train.common import (
+    Distributed,
+    LoopConfig,
+    Trainer,
+    example_generators,
+    global_batch_indices,
+    rank_slice,
+)
 from wmgen.train.flow import CaptionTable, LatentClips, _time_sampler
 
 __all__ = ["ADAPTER_KINDS", "AdapterModule", "AdapterTrainConfig", "build_adapter", "train_adapter"]
@@ -114,16 +121,22 @@ class AdapterModule(nn.Module):
         return self.dit(x_t, t, context=context, image_latent=image, hints=hints)
 
 
-def _control(config: AdapterTrainConfig, items: list[dict[str, Any]], gen: torch.Generator, device) -> Any:
-    """The control input of a batch of world-dataset items (ground truth of the same clips)."""
+def _control(config: AdapterTrainConfig, items: list[dict[str, Any]], gens: list[torch.Generator], device) -> Any:
+    """The control input of a batch of world-dataset items (ground truth of the same clips); clip j's random
+    choices (which tracks) come from gens[j]."""
     from controls.controlnet import MapControl
-    from controls.tracks import sample_tracks
+    from controls.tracks import TrackControl, sample_tracks
 
     if config.kind == "tracks":
-        tracks = torch.stack([it["tracks"] for it in items])  # (b, T, N, 2)
-        visible = torch.stack([it["visible"] for it in items])  # (b, T, N)
-        control = sample_tracks(
-            tracks, visible, generator=gen, min_tracks=config.min_tracks, max_tracks=config.max_tracks or None
+        per_clip = [
+            sample_tracks(it["tracks"][None], it["visible"][None], generator=g, min_tracks=config.min_tracks,
+                          max_tracks=config.max_tracks or None)
+            for it, g in zip(items, gens, strict=True)
+        ]  # fmt: skip
+        control = TrackControl(
+            torch.cat([c.tracks for c in per_clip]),  # (b, T, N, 2)
+            torch.cat([c.visible for c in per_clip]),  # (b, T, N)
+            torch.cat([c.ids for c in per_clip]),  # (b, N)
         )
         return control.to(device)
     batch = {
@@ -158,6 +171,11 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
         module = AdapterModule(world.dit, world.null_text, adapter).to(d.device)
         if not resume and (out / "checkpoints").exists():
             raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another out")
+        if loop.parallel == "fsdp":
+            raise ValueError(
+                "loop.parallel = 'fsdp' is for backbone training; adapters train with 'ddp' (the frozen backbone "
+                "is replicated, only the adapter's gradients are reduced)"
+            )
         trainer = Trainer(module, loop, out, dist=d, config=config)
         if resume:
             trainer.resume()
@@ -168,23 +186,25 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
         micro_size = local // loop.grad_accum
         sampler = _time_sampler(config)
 
-        def batch(clips, dataset, idx: Tensor, gen: torch.Generator, dropout: bool) -> tuple[Any, ...]:
-            x1 = clips.sample(idx, gen)  # (b, C, T', H', W')
-            b = x1.shape[0]
+        def batch(clips, dataset, idx: Tensor, gens: list[torch.Generator], dropout: bool) -> tuple[Any, ...]:
+            # every random number of clip j comes from gens[j]: the same however the global batch is split
+            x1 = clips.sample(idx, gens)  # (b, C, T', H', W')
             items = [dataset[int(i)] for i in idx]
             context = captions.lookup([clips.captions[int(i)] for i in idx]).to(d.device)  # (b, Lc, Dc)
-            drop = (torch.rand(b, generator=gen) < (config.text_dropout if dropout else 0.0)).to(d.device)
-            keep = (torch.rand(b, generator=gen) >= (config.control_dropout if dropout else 0.0)).to(d.device)
-            control = _control(config, items, gen, d.device)
+            u = torch.stack([torch.rand(2, generator=g) for g in gens])  # (b, 2): text and control dropout
+            drop = (u[:, 0] < (config.text_dropout if dropout else 0.0)).to(d.device)
+            keep = (u[:, 1] >= (config.control_dropout if dropout else 0.0)).to(d.device)
+            control = _control(config, items, gens, d.device)
             image = x1[:, :, 0] if world.dit.config.image_to_video else None  # (b, C, H', W')
-            x0 = torch.randn(x1.shape, generator=gen).to(d.device)
+            x0 = torch.stack([torch.randn(x1.shape[1:], generator=g) for g in gens]).to(d.device)
             return x1, x0, context, drop, image, control, keep
 
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            idx = global_batch_indices(len(train), loop.batch_size, step, loop.seed)[per_rank]
-            idx = idx[micro * micro_size : (micro + 1) * micro_size]
-            x1, x0, context, drop, image, control, keep = batch(train, train_set, idx, gen, dropout=True)
-            t = sampler.sample(x1.shape[0], generator=gen).to(d.device)
+            part = slice(per_rank.start + micro * micro_size, per_rank.start + (micro + 1) * micro_size)
+            idx = global_batch_indices(len(train), loop.batch_size, step, loop.seed)[part]
+            gens = example_generators(loop.seed, step, loop.batch_size)[part]
+            x1, x0, context, drop, image, control, keep = batch(train, train_set, idx, gens, dropout=True)
+            t = torch.cat([sampler.sample(1, generator=g) for g in gens]).to(d.device)  # (b,)
             tt = t.view(-1, 1, 1, 1, 1)
             v = trainer.model((1 - tt) * x0 + tt * x1, t, context, drop, image, control, keep)
             return (v.float() - (x1 - x0)).square().mean(), {}
@@ -200,13 +220,15 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
                 return {}
             model = ema_module()
             n = min(config.val_clips, len(val))
-            gen = torch.Generator().manual_seed(12345)
             with_c, without = [], []
             for k in range(config.val_times):
                 t_k = (k + 0.5) / config.val_times
+                gens = example_generators(12345, k, n)  # the same noise and tracks at every validation
                 for start in range(0, n, 16):
                     idx = torch.arange(start, min(start + 16, n))
-                    x1, x0, context, drop, image, control, _ = batch(val, val_set, idx, gen, dropout=False)
+                    x1, x0, context, drop, image, control, _ = batch(
+                        val, val_set, idx, gens[start : start + 16], dropout=False
+                    )
                     x_t = (1 - t_k) * x0 + t_k * x1
                     t = torch.full((len(idx),), t_k, device=d.device)
                     target = x1 - x0

@@ -4,8 +4,9 @@ A recipe (``wmgen.train.vae``, ``wmgen.train.flow``, ``wmgen.train.adapter``) bu
 ``loss_fn(step, micro, generator) -> (loss, metrics)`` and hands them to :class:`Trainer`, which owns:
 
 - **Determinism.** Nothing draws from a global RNG: the examples of a step and every random number the loss
-  needs come from generators seeded by ``(seed, step)`` (``step_generator``), and the *global* batch is drawn
-  whole and sliced per rank (``global_batch_indices`` / ``rank_slice``). So a run under torchrun with P
+  needs come from generators seeded by ``(seed, step)`` (``step_generator``), the *global* batch is drawn
+  whole and sliced per rank (``global_batch_indices`` / ``rank_slice``), and each example's random numbers
+  come from its own generator (``example_generators``, sliced the same way). So a run under torchrun with P
   processes follows the same loss trajectory as one process on the same global batch, and ``--resume``
   continues bit-exactly on deterministic CPU kernels.
 - **Distributed.** ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; :class:`Distributed` initialises gloo on
@@ -24,6 +25,7 @@ A recipe (``wmgen.train.vae``, ``wmgen.train.flow``, ``wmgen.train.adapter``) bu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -49,6 +51,7 @@ __all__ = [
     "EMA",
     "Trainer",
     "TrainingDiverged",
+    "example_generators",
     "global_batch_indices",
     "latest_checkpoint",
     "lr_at",
@@ -105,8 +108,23 @@ class TrainingDiverged(RuntimeError):
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator that depends only on (seed, step, stream): resumable without saved RNG state."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 101 + stream)
+    """A CPU generator that depends only on (seed, step, stream): resumable without saved RNG state.
+
+    The triple is hashed, so distinct triples never share a seed by arithmetic coincidence."""
+    digest = hashlib.sha256(f"wmgen/{seed}/{step}/{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def example_generators(seed: int, step: int, batch_size: int) -> list[torch.Generator]:
+    """One CPU generator per example of the global batch of ``step`` (list position = position in the batch).
+
+    A loss that draws every example's random numbers (noise, times, crops, dropout) from that example's own
+    generator gets the same numbers however the global batch is split over ranks and micro-batches: slice this
+    list like the batch (``example_generators(...)[part]``). This is what makes a P-process or ``grad_accum``
+    run follow the one-process trajectory; a generator shared by a micro-batch would not.
+    """
+    seeds = torch.randint(0, 2**62, (batch_size,), generator=step_generator(seed, step, stream=100))
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
 def global_batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> Tensor:
@@ -288,7 +306,9 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
 # 6. the loop
 
 LossFn = Callable[[int, int, torch.Generator], tuple[Tensor, dict[str, float]]]
-# (step, micro-batch index, generator of this rank's micro-batch) -> (scalar loss, extra metrics)
+# (step, micro-batch index, generator of (seed, step, micro)) -> (scalar loss, extra metrics). The generator is
+# the same on every rank: per-example randomness that must not depend on the split comes from
+# ``example_generators`` instead.
 
 
 class Trainer:
@@ -377,7 +397,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write the checkpoint of ``self.step`` (all ranks take part in gathering; rank 0 writes)."""
         model = self._model_state()
-        optim_tensors, optim_meta = _flatten_optimizer(self._optimizer_state())
+        optim = self._optimizer_state()  # every rank takes part; with cpu_offload only rank 0 receives it ({})
         ema = self.ema.state_dict() if self.ema is not None else {}
         root = self.out / CHECKPOINTS
         final = root / f"step-{self.step:08d}"
@@ -385,6 +405,7 @@ class Trainer:
             tmp = root / f".tmp-step-{self.step:08d}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            optim_tensors, optim_meta = _flatten_optimizer(optim)
             save_file(model, tmp / "model.safetensors")
             save_file(optim_tensors, tmp / "optimizer.safetensors")
             if ema:
@@ -419,8 +440,8 @@ class Trainer:
         )
 
         state = json.loads((path / "state.json").read_text())
-        ours = {k: v for k, v in self.config.items() if k not in ("resume",)}
-        theirs = {k: v for k, v in state["config"].items() if k not in ("resume",)}
+        ours = {k: v for k, v in self.config.items() if k != "out"}  # a run directory may be moved
+        theirs = {k: v for k, v in state["config"].items() if k != "out"}
         changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         allowed = {"loop"}  # loop settings (e.g. more steps) may change on resume
         if set(changed) - allowed:
@@ -520,7 +541,7 @@ class Trainer:
                 bar.close()
                 where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
                 raise TrainingDiverged(
-                    f"non-finite {'loss' if not torch.isfinite(total) else 'gradient norm'} at step {step} "
+                    f"non-finite {'loss' if not torch.isfinite(total) else 'gradient norm'} at step {step + 1} "
                     f"(loss {total.item()}, grad norm {grad_norm.item()}); stopped before updating the weights; "
                     f"{where}. Lower loop.lr or raise loop.warmup_steps, then --resume."
                 )

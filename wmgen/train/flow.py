@@ -19,10 +19,10 @@ weights. Export: a ``wmgen.pipeline.WorldModel`` (VAE + EMA DiT + null text) in 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,14 @@ from wmgen.flow.schedules import LogitNormalTime, ShiftedTime, UniformTime
 from wmgen.models.dit import DIT_PRESETS, VideoDiT
 from wmgen.models.text import NullText, make_text_encoder
 from wmgen.models.vae import CausalVAE
-from wmgen.train.common import Distributed, LoopConfig, Trainer, global_batch_indices, rank_slice
+from wmgen.train.common import (
+    Distributed,
+    LoopConfig,
+    Trainer,
+    example_generators,
+    global_batch_indices,
+    rank_slice,
+)
 
 __all__ = ["FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "train_flow"]
 
@@ -136,7 +143,8 @@ class LatentClips:
     """Normalised training latents and captions of a dataset, pre-encoded or encoded on the fly.
 
     ``sample(indices, generator)`` draws z ~ q(z | clip) for each index and normalises it with the VAE's
-    per-channel statistics: [b, C, T', H', W'].
+    per-channel statistics: [b, C, T', H', W']. ``generator`` is one generator for the batch or one per index
+    (``example_generators``: then a clip's noise does not depend on the other clips of its micro-batch).
     """
 
     def __init__(self, vae: CausalVAE, *, latents: str = "", data: str = "", device: torch.device):
@@ -163,14 +171,18 @@ class LatentClips:
         return len(self.captions)
 
     @torch.no_grad()
-    def sample(self, indices: Tensor, generator: torch.Generator) -> Tensor:
+    def sample(self, indices: Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
         if self.dataset is None:
             mean, std = self.mean[indices].float(), self.std[indices].float()  # (b, C, T', H', W')
         else:
             video = torch.stack([self.dataset[int(i)]["video"] for i in indices]).to(self.device)
             posterior = self.vae.encode(video)
             mean, std = posterior.mean.cpu(), posterior.std.cpu()
-        z = mean + std * torch.randn(mean.shape, generator=generator)
+        if isinstance(generator, torch.Generator):
+            eps = torch.randn(mean.shape, generator=generator)
+        else:
+            eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generator])  # (b, C, T', H', W')
+        z = mean + std * eps
         return self.vae.normalize(z.to(self.device))
 
 
@@ -248,48 +260,57 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
         micro_size = local // loop.grad_accum
         sampler = _time_sampler(config)
 
-        def batch(clips: LatentClips, idx: Tensor, gen: torch.Generator, dropout: bool) -> tuple[Tensor, ...]:
-            x1 = clips.sample(idx, gen)  # (b, C, T', H', W')
+        def batch(clips: LatentClips, idx: Tensor, gens: list[torch.Generator], dropout: bool) -> tuple[Tensor, ...]:
+            # every random number of clip j comes from gens[j]: the same however the global batch is split
+            x1 = clips.sample(idx, gens)  # (b, C, T', H', W')
             b = x1.shape[0]
             context = captions.lookup([clips.captions[int(i)] for i in idx]).to(d.device)  # (b, Lc, Dc)
-            drop_text = torch.rand(b, generator=gen) < (config.text_dropout if dropout else 0.0)
+            u = torch.stack([torch.rand(2, generator=g) for g in gens])  # (b, 2): text and image dropout draws
+            drop_text = u[:, 0] < (config.text_dropout if dropout else 0.0)
             image = None
             if config.image_to_video:
-                keep = torch.rand(b, generator=gen) >= (config.image_dropout if dropout else 0.0)
+                keep = u[:, 1] >= (config.image_dropout if dropout else 0.0)
                 image = x1[:, :, 0] * keep.to(d.device, x1.dtype).view(b, 1, 1, 1)  # (b, C, H', W')
-            x0 = torch.randn(x1.shape, generator=gen).to(d.device)
+            x0 = torch.stack([torch.randn(x1.shape[1:], generator=g) for g in gens]).to(d.device)
             return x1, x0, context, drop_text.to(d.device), image
 
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            # The whole global batch's randomness is drawn here and sliced, so any world size sees the same.
-            idx_all = global_batch_indices(len(train), loop.batch_size, step, loop.seed)
-            idx = idx_all[per_rank][micro * micro_size : (micro + 1) * micro_size]
-            x1, x0, context, drop, image = batch(train, idx, gen, dropout=True)
-            t = sampler.sample(x1.shape[0], generator=gen).to(d.device)  # (b,)
+            # This micro-batch's part of the global batch, examples and per-example generators alike, so any
+            # world size and grad_accum see the same numbers.
+            part = slice(per_rank.start + micro * micro_size, per_rank.start + (micro + 1) * micro_size)
+            idx = global_batch_indices(len(train), loop.batch_size, step, loop.seed)[part]
+            gens = example_generators(loop.seed, step, loop.batch_size)[part]
+            x1, x0, context, drop, image = batch(train, idx, gens, dropout=True)
+            t = torch.cat([sampler.sample(1, generator=g) for g in gens]).to(d.device)  # (b,)
             tt = t.view(-1, 1, 1, 1, 1)
             x_t = (1 - tt) * x0 + tt * x1
             v = trainer.model(x_t, t, context, drop, image)
             return (v.float() - (x1 - x0)).square().mean(), {}
 
-        def ema_module() -> FlowModule:
-            model = copy.deepcopy(module)
-            model.load_state_dict(trainer.ema_state(), strict=False)
+        def ema_module() -> FlowModule | None:
+            """A fresh, unwrapped FlowModule holding the EMA weights on rank 0 (None elsewhere). Every rank must
+            call it: gathering FSDP shards is a collective (and FSDP modules cannot be deep-copied)."""
+            state = trainer.ema_state()
+            if not d.is_main:
+                return None
+            model = FlowModule(VideoDiT(dit_config), NullText(config.text_max_length, encoder.dim)).to(d.device)
+            model.load_state_dict(state)
             return model.eval()
 
         @torch.no_grad()
         def validate_fn(step: int) -> dict[str, Any]:
-            if not d.is_main:
-                return {}
             model = ema_module()
+            if model is None:
+                return {}
             n = min(config.val_clips, len(val))
-            gen = torch.Generator().manual_seed(12345)  # the same noise at every validation
             per_t = []
             for k in range(config.val_times):
                 t_k = (k + 0.5) / config.val_times
+                gens = example_generators(12345, k, n)  # the same noise at every validation
                 losses = []
                 for start in range(0, n, 16):
                     idx = torch.arange(start, min(start + 16, n))
-                    x1, x0, context, drop, image = batch(val, idx, gen, dropout=False)
+                    x1, x0, context, drop, image = batch(val, idx, gens[start : start + 16], dropout=False)
                     x_t = (1 - t_k) * x0 + t_k * x1
                     t = torch.full((len(idx),), t_k, device=d.device)
                     v = model(x_t, t, context, drop, image)
@@ -298,9 +319,9 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
             return {"val_loss": sum(per_t) / len(per_t), "val_loss_t": [round(x, 5) for x in per_t]}
 
         def export() -> None:
-            if not d.is_main:
-                return
             model = ema_module()
+            if model is None:
+                return
             wm_config = WorldModelConfig(
                 text_encoder=config.text_encoder, text_max_length=config.text_max_length,
                 steps=config.sample_steps, shift=config.sample_shift, cfg_scale=config.cfg_scale,

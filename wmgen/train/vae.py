@@ -21,7 +21,6 @@ training clips, written by ``CausalVAE.save_pretrained`` to ``<out>/vae``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,16 @@ from torch.func import functional_call
 
 from wmgen.config import validate
 from wmgen.models.vae import VAE_PRESETS, CausalVAE
-from wmgen.train.common import Distributed, LoopConfig, Trainer, global_batch_indices, rank_slice
+from wmgen.train.common import (
+    Distributed,
+    LoopConfig,
+    Trainer,
+    example_generators,
+    global_batch_indices,
+    rank_slice,
+)
 
-__all__ = ["PatchDiscriminator", "VAETrainConfig", "reconstruction_metrics", "train_vae"]
+__all__ = ["PatchDiscriminator", "VAETrainConfig", "measure_latent_stats", "reconstruction_metrics", "train_vae"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,13 @@ class VAETrainConfig:
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (Isola et al. 2017) on single frames: [N, 3, H, W] -> logits [N, 1, H / 8, W / 8]."""
+    """PatchGAN (Isola et al. 2017) on single frames: [N, 3, H, W] -> logits [N, 1, H / 8, W / 8].
 
-    def __init__(self, channels: int = 32):
+    ``generator`` draws PyTorch's default conv initialisation (nn.Conv2d's own init uses the global RNG, which
+    would make a run depend on more than its seed).
+    """
+
+    def __init__(self, channels: int = 32, *, generator: torch.Generator | None = None):
         super().__init__()
         c = channels
         self.net = nn.Sequential(
@@ -81,6 +91,11 @@ class PatchDiscriminator(nn.Module):
             nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.GroupNorm(8, 4 * c), nn.LeakyReLU(0.2),
             nn.Conv2d(4 * c, 1, 3, 1, 1),
         )  # fmt: skip
+        for m in self.net:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=generator)
+                bound = 1 / (m.weight[0].numel() ** 0.5)  # 1 / sqrt(fan_in), as nn.Conv2d
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.net(frames)
@@ -94,9 +109,12 @@ class VAEWithDiscriminator(nn.Module):
         self.vae = vae
         self.disc = disc
 
-    def forward(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        recon, posterior = self.vae(video, sample=True, generator=generator)
-        return recon, posterior.kl()
+    def forward(self, video: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
+        """Reconstruction [b, 3, T, H, W] from z ~ q(z | clip) (clip j's noise from generators[j]) and KL [b]."""
+        posterior = self.vae.encode(video)
+        eps = torch.stack([torch.randn(posterior.mean.shape[1:], generator=g) for g in generators])
+        z = posterior.mean + posterior.std * eps.to(posterior.mean)  # (b, C, T', H', W')
+        return self.vae.decode(z), posterior.kl()
 
 
 def _frames(video: Tensor) -> Tensor:
@@ -125,6 +143,31 @@ def _crop(video: Tensor, frames: int, size: int, generator: torch.Generator) -> 
     return video[:, t0 : t0 + f, y0 : y0 + s_h, x0 : x0 + s_w]
 
 
+@torch.no_grad()
+def measure_latent_stats(
+    vae: CausalVAE, dataset: Any, clips: int, *, batch_size: int = 8, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std [C] of latents z ~ q(z | clip) over the first ``clips`` clips of a world dataset.
+
+    The flow model trains on posterior *samples*, so the variance is that of the samples,
+    Var(z) = Var(mean) + E[std^2] (law of total variance), not the variance of the posterior means alone,
+    which would leave normalised latents with variance far above 1 for a VAE with wide posteriors.
+    """
+    total, sq, var, count = 0.0, 0.0, 0.0, 0
+    for start in range(0, min(clips, len(dataset)), batch_size):
+        stop = min(start + batch_size, clips, len(dataset))
+        video = torch.stack([dataset[i]["video"] for i in range(start, stop)]).to(device)
+        posterior = vae.encode(video)
+        m = posterior.mean.double()  # (b, C, T', H', W')
+        total = total + m.sum((0, 2, 3, 4))
+        sq = sq + m.square().sum((0, 2, 3, 4))
+        var = var + posterior.std.double().square().sum((0, 2, 3, 4))
+        count += m[:, 0].numel()
+    mu = total / count
+    std = (sq / count - mu.square() + var / count).clamp_min(1e-12).sqrt()
+    return mu.float().cpu(), std.float().cpu()
+
+
 def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
     """Train (or ``resume``) a VAE; returns the exported model directory ``<out>/vae``."""
     from physics.worlds import WorldDataset
@@ -136,8 +179,9 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
     loop = config.loop
     out = Path(config.out)
     with Distributed() as d:
-        vae = CausalVAE(VAE_PRESETS[config.preset], generator=torch.Generator().manual_seed(loop.seed))
-        disc = PatchDiscriminator(config.disc_channels) if config.disc_weight > 0 else None
+        init = torch.Generator().manual_seed(loop.seed)  # the VAE's draws, then the discriminator's
+        vae = CausalVAE(VAE_PRESETS[config.preset], generator=init)
+        disc = PatchDiscriminator(config.disc_channels, generator=init) if config.disc_weight > 0 else None
         module = VAEWithDiscriminator(vae, disc).to(d.device)
         trainer = Trainer(module, loop, out, dist=d, config=config)
         if not resume and (out / "checkpoints").exists():
@@ -153,12 +197,14 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
         micro_size = local // loop.grad_accum
 
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            idx = global_batch_indices(len(train_set), loop.batch_size, step, loop.seed)[per_rank]
-            idx = idx[micro * micro_size : (micro + 1) * micro_size]
-            crop_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
-            video = torch.stack([_crop(train_set[int(i)]["video"], config.crop_frames, config.crop_size, crop_gen)
-                                 for i in idx]).to(d.device)  # (b, 3, T, H, W)
-            recon, kl = trainer.model(video, gen)
+            # this micro-batch's part of the global batch and one generator per clip (crop, then posterior
+            # noise): the same numbers for any world size and grad_accum
+            part = slice(per_rank.start + micro * micro_size, per_rank.start + (micro + 1) * micro_size)
+            idx = global_batch_indices(len(train_set), loop.batch_size, step, loop.seed)[part]
+            gens = example_generators(loop.seed, step, loop.batch_size)[part]
+            video = torch.stack([_crop(train_set[int(i)]["video"], config.crop_frames, config.crop_size, g)
+                                 for i, g in zip(idx, gens, strict=True)]).to(d.device)  # (b, 3, T, H, W)
+            recon, kl = trainer.model(video, gens)
             l1 = (recon - video).abs().mean()
             ssim = kornia.metrics.ssim(_frames(recon), _frames(video), window_size=11).mean()
             kl_term = kl.mean() / video[0].numel()
@@ -175,17 +221,22 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
                 loss = loss + 0.0 * sum(p.sum() for p in disc.parameters())
             return loss, metrics
 
-        def ema_vae() -> CausalVAE:
-            model = copy.deepcopy(vae)
-            weights = {k.removeprefix("vae."): v for k, v in trainer.ema_state().items() if k.startswith("vae.")}
-            model.load_state_dict(weights, strict=False)
+        def ema_vae() -> CausalVAE | None:
+            """A fresh, unwrapped VAE with the EMA weights on rank 0 (None elsewhere); every rank must call it
+            (gathering FSDP shards is a collective, and FSDP modules cannot be deep-copied)."""
+            state = trainer.ema_state()
+            if not d.is_main:
+                return None
+            model = CausalVAE(VAE_PRESETS[config.preset]).to(d.device)
+            model.load_state_dict({k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.")},
+                                  strict=False)  # fmt: skip  (latent stats buffers are set at export)
             return model.eval()
 
         @torch.no_grad()
         def validate_fn(step: int) -> dict[str, Any]:
-            if not d.is_main:
-                return {}
             model = ema_vae()
+            if model is None:
+                return {}
             scores = []
             for start in range(0, min(config.val_clips, len(val_set)), 8):
                 stop = min(start + 8, config.val_clips, len(val_set))
@@ -197,20 +248,10 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
 
         @torch.no_grad()
         def export() -> None:
-            if not d.is_main:
-                return
             model = ema_vae()
-            mean, sq, count = 0.0, 0.0, 0
-            for start in range(0, min(config.stats_clips, len(train_set)), 8):
-                stop = min(start + 8, config.stats_clips, len(train_set))
-                video = torch.stack([train_set[i]["video"] for i in range(start, stop)]).to(d.device)
-                z = model.encode(video).mode().double()  # (b, C, T', H', W')
-                mean = mean + z.sum((0, 2, 3, 4))
-                sq = sq + z.square().sum((0, 2, 3, 4))
-                count += z[:, 0].numel()
-            mu = mean / count
-            std = (sq / count - mu.square()).clamp_min(1e-12).sqrt()
-            model.set_latent_stats(mu.float(), std.float())
+            if model is None:
+                return
+            model.set_latent_stats(*measure_latent_stats(model, train_set, config.stats_clips, device=d.device))
             model.save_pretrained(out / "vae")
 
         trainer.fit(loss_fn, validate=validate_fn, export=export)

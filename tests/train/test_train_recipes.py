@@ -1,0 +1,454 @@
+"""Training recipes end to end on tiny models: `train_vae`, `encode_latents`, `train_flow`, the `wmgen train` /
+`wmgen data encode` commands, DDP under torchrun and kill + --resume.
+
+Everything runs on a 16x16x5-pixel world dataset (16 training and 4 held-out rigid clips) with a test VAE preset
+(4x spatial, 4x temporal: 4 x 2 x 4 x 4 latents), a 2-layer DiT of width 32 and a deterministic 16-d hash text
+encoder. Subprocess runs (torchrun, the killed run) cannot see pytest's monkeypatching, so they execute a runner
+script that imports this module and calls ``register_tiny`` before ``wmgen.cli.main()``: one definition of the
+test components for both sides.
+
+The issue's claims, each proven here:
+
+- ``torchrun --nproc_per_node 2`` (gloo, CPU) follows the 1-process loss trajectory on the same global batch
+  and ends with the same weights; ``grad_accum=2`` equals ``grad_accum=1``; a DDP checkpoint resumes on one
+  process.
+- A run SIGKILLed mid-training and rerun with ``--resume`` ends with model, EMA and optimizer tensors identical
+  to an uninterrupted run's, and its metrics.jsonl has every step once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from physics.rigid import RigidConfig
+from physics.scenes import SceneConfig
+from physics.worlds import WorldConfig, WorldDataset, generate_dataset
+from wmgen.cli import app
+from wmgen.config import to_dict
+from wmgen.models.dit import DiTConfig
+from wmgen.models.text import TextEncoder, _pad
+from wmgen.models.vae import CausalVAE, VAEConfig
+from wmgen.pipeline import WorldModel
+from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
+from wmgen.train.flow import FlowTrainConfig, encode_latents, train_flow
+from wmgen.train.vae import VAETrainConfig, train_vae
+
+RES, FRAMES, LC = 16, 5, 8  # pixels, frames per clip, text tokens
+LATENT = (4, 2, 4, 4)  # C, T', H', W' of one clip under the test VAE
+CHECKPOINT_TENSORS = ("model", "ema", "optimizer")
+# small, fast-moving loop: lr high enough that every step visibly changes the weights
+LOOP = dict(
+    steps=4, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, val_every=0, ckpt_every=2, ema_decay=0.9,
+    progress=False,
+)  # fmt: skip
+
+
+# --- the test components (also registered by the subprocess runner) ---------------------------------------
+
+
+class HashText(TextEncoder):
+    """A deterministic 16-d text encoder: word w -> N(0, I) drawn from a generator seeded by crc32(w)."""
+
+    name, dim = "hash16", 16
+
+    def __init__(self, max_length: int = LC, device: str | torch.device = "cpu"):
+        self.max_length, self.device = max_length, torch.device(device)
+
+    def encode(self, prompts):
+        rows = [
+            torch.stack([torch.randn(self.dim, generator=torch.Generator().manual_seed(zlib.crc32(w.encode())))
+                         for w in (p.split() or [""])])
+            for p in prompts
+        ]  # B x (Li, Dc)
+        return _pad(rows, self.max_length, self.dim, self.device)  # (B, Lc, Dc)
+
+
+def register_tiny(setitem) -> None:
+    """Add the "test" VAE and DiT presets and the "hash16" text encoder via ``setitem(dict, key, value)``."""
+    from wmgen.models import dit, text, vae
+
+    setitem(vae.VAE_PRESETS, "test", VAEConfig(z_dim=4, base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1,
+                                               temporal_downsample=(True, True)))
+    setitem(dit.DIT_PRESETS, "test", DiTConfig(dim=32, num_layers=2, num_heads=2, ffn_dim=64))
+    setitem(text.TEXT_ENCODERS, "hash16", HashText)
+
+
+RUNNER = """\
+import os, sys, time
+from pathlib import Path
+
+sys.path.insert(0, {tests!r})
+import torch
+
+torch.set_num_threads(1)
+import test_train_recipes
+
+test_train_recipes.register_tiny(lambda d, k, v: d.__setitem__(k, v))
+stall = int(os.environ.get("WMGEN_TEST_STALL_AT", "0"))
+if stall:  # after logging step `stall`, announce it and wait to be killed (a kill mid-run, deterministically)
+    from wmgen.train import common
+
+    log = common.Trainer.log
+
+    def stalling_log(self, record):
+        log(self, record)
+        if record["step"] == stall and "loss" in record:
+            Path(os.environ["WMGEN_TEST_STALL_FILE"]).write_text(str(stall))
+            time.sleep(600)
+
+    common.Trainer.log = stalling_log
+from wmgen.cli import main
+
+sys.argv = ["wmgen", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_components():
+    """The test presets and text encoder; and CPU even on a GPU machine (the comparisons are CPU-exact)."""
+    with pytest.MonkeyPatch.context() as mp:
+        register_tiny(mp.setitem)
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        yield
+
+
+def world_config() -> WorldConfig:
+    return WorldConfig(
+        kind="rigid", resolution=RES, frames=FRAMES, num_tracks=8, rigid_particles_per_object=24, batch_size=8,
+        supersample=1, scene=SceneConfig(max_objects=2), rigid=RigidConfig(substeps=4),
+    )  # fmt: skip
+
+
+def vae_config(data, out, **kw) -> VAETrainConfig:
+    loop = LoopConfig(**{**LOOP, "steps": 3, "val_every": 2, **kw.pop("loop", {})})
+    return VAETrainConfig(
+        data=str(data.train), val_data=str(data.val), out=str(out), preset="test", crop_frames=5, crop_size=8,
+        val_clips=4, stats_clips=16, loop=loop, **kw,
+    )  # fmt: skip
+
+
+def flow_config(data, out, *, latents: bool = False, **loop) -> FlowTrainConfig:
+    sources = (
+        dict(latents=str(data.latents), val_latents=str(data.val_latents))
+        if latents
+        else dict(data=str(data.train), val_data=str(data.val))
+    )
+    return FlowTrainConfig(
+        **sources, vae=str(data.vae), out=str(out), preset="test", text_encoder="hash16", text_max_length=LC,
+        val_clips=4, val_times=2, sample_steps=2, loop=LoopConfig(**{**LOOP, **loop}),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> SimpleNamespace:
+    """Datasets, a 3-step VAE run (its exported vae/) and the latents of both datasets (via the CLI)."""
+    root = tmp_path_factory.mktemp("recipes")
+    train = generate_dataset(world_config(), root / "train", 16, shard_size=8, seed=0, progress=False)
+    val = generate_dataset(world_config(), root / "val", 4, shard_size=8, seed=1, progress=False)
+    ns = SimpleNamespace(root=root, train=train, val=val, vae_run=root / "vae-run")
+    ns.vae = train_vae(vae_config(ns, ns.vae_run))
+    for name, source in (("latents", train), ("val_latents", val)):
+        result = CliRunner().invoke(
+            app, ["data", "encode", "--data", str(source), "--vae", str(ns.vae), "--out", str(root / name), "-q"]
+        )
+        assert result.exit_code == 0, result.output
+        setattr(ns, name, root / name)
+    return ns
+
+
+def tensors(run: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    ckpt = run / "checkpoints" / f"step-{step:08d}"
+    return {name: load_file(ckpt / f"{name}.safetensors") for name in CHECKPOINT_TENSORS}
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    records = [m for m in read_metrics(run) if "loss" in m]
+    steps = [m["step"] for m in records]
+    assert len(steps) == len(set(steps)), f"duplicated steps in metrics.jsonl: {steps}"
+    return {m["step"]: m["loss"] for m in records}
+
+
+def write_runner(tmp_path: Path) -> Path:
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER.format(tests=str(Path(__file__).resolve().parent)))
+    return runner
+
+
+def write_yaml(path: Path, section: str, config) -> Path:
+    path.write_text(yaml.safe_dump({section: to_dict(config)}))
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+# --- VAE ---------------------------------------------------------------------------------------------------
+
+
+def test_train_vae_exports_model_with_finite_stats_and_validates(data):
+    vae = CausalVAE.from_pretrained(data.vae)
+    assert data.vae == data.vae_run / "vae"
+    assert vae.config == VAEConfig(z_dim=4, base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1,
+                                   temporal_downsample=(True, True))
+    assert torch.isfinite(vae.latents_mean).all() and torch.isfinite(vae.latents_std).all()
+    assert (vae.latents_std > 0).all() and not torch.equal(vae.latents_std, torch.ones(4))  # measured, not default
+    metrics = read_metrics(data.vae_run)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    assert all({"l1", "ssim", "kl", "lr", "grad_norm"} <= set(m) for m in metrics if "loss" in m)
+    val = [m for m in metrics if "val_psnr" in m]
+    assert [m["step"] for m in val] == [2, 3]  # val_every=2 and the end
+    assert all(0 < m["val_psnr"] < 100 and -1 <= m["val_ssim"] <= 1 for m in val)
+    # the export holds the EMA weights of the last checkpoint
+    ema = load_file(data.vae_run / "checkpoints" / "step-00000003" / "ema.safetensors")
+    for name, value in vae.state_dict().items():
+        if f"vae.{name}" in ema:
+            assert torch.equal(value, ema[f"vae.{name}"]), name
+
+
+def test_train_vae_with_discriminator_trains_both_players(data, tmp_path):
+    out = tmp_path / "disc"
+    config = vae_config(data, out, disc_weight=0.5, disc_start=1, disc_channels=4, loop={"val_every": 0})
+    train_vae(config)
+    records = [m for m in read_metrics(out) if "loss" in m]
+    assert "g_adv" not in records[0] and "d_loss" not in records[0]  # step 0 < disc_start
+    assert all({"g_adv", "d_loss"} <= set(m) for m in records[1:])
+    assert all(torch.isfinite(torch.tensor([m["g_adv"], m["d_loss"]])).all() for m in records[1:])
+    model = load_file(out / "checkpoints" / "step-00000003" / "model.safetensors")
+    first = load_file(out / "checkpoints" / "step-00000002" / "model.safetensors")  # keep_checkpoints=2
+    disc = [k for k in model if k.startswith("disc.")]
+    assert disc and any(not torch.equal(model[k], first[k]) for k in disc)  # the discriminator learns
+    # the exported VAE holds no discriminator weights (from_pretrained loads strictly)
+    CausalVAE.from_pretrained(out / "vae")
+    # the discriminator's initialisation depends on the seed only, like the VAE's: a second run is identical
+    again = tmp_path / "disc-again"
+    torch.manual_seed(1234)  # the global RNG must not matter
+    train_vae(dataclasses.replace(config, out=str(again)))
+    assert train_losses(again) == train_losses(out)
+
+
+# --- latents -----------------------------------------------------------------------------------------------
+
+
+def test_encode_latents_writes_posterior_of_every_clip(data, tmp_path):
+    latents = load_file(data.latents / "latents.safetensors")
+    meta = json.loads((data.latents / "latents.json").read_text())
+    dataset = WorldDataset(data.train)
+    assert latents["mean"].shape == latents["std"].shape == (16, *LATENT)
+    assert latents["mean"].dtype == latents["std"].dtype == torch.float16
+    assert (latents["std"] > 0).all()
+    assert meta["captions"] == [r["caption"] for r in dataset.records]
+    assert meta["data"] == str(Path(data.train).resolve()) and meta["vae"] == str(Path(data.vae).resolve())
+    vae = CausalVAE.from_pretrained(data.vae)
+    with torch.no_grad():
+        posterior = vae.encode(dataset[3]["video"][None])
+    torch.testing.assert_close(latents["mean"][3].float(), posterior.mean[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(latents["std"][3].float(), posterior.std[0], atol=2e-3, rtol=2e-3)
+    # an existing out directory is refused and left alone
+    with pytest.raises(FileExistsError, match="exists"):
+        encode_latents(data.train, data.vae, data.latents, progress=False)
+    assert load_file(data.latents / "latents.safetensors")["mean"].shape == (16, *LATENT)
+    with pytest.raises(FileNotFoundError, match="vae"):
+        encode_latents(data.train, tmp_path, tmp_path / "x", progress=False)
+
+
+# --- flow --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("latents", [True, False], ids=["pre-encoded", "on-the-fly"])
+def test_train_flow_exports_a_world_model_that_generates(data, tmp_path, latents):
+    out = tmp_path / "flow"
+    path = train_flow(flow_config(data, out, latents=latents, steps=3))
+    assert path == out / "model"
+    metrics = read_metrics(out)
+    assert sorted(train_losses(out)) == [1, 2, 3]
+    val = [m for m in metrics if "val_loss" in m]
+    assert [m["step"] for m in val] == [3] and len(val[0]["val_loss_t"]) == 2
+    wm = WorldModel.from_pretrained(path)
+    assert (wm.config.resolution, wm.config.num_frames, wm.config.steps) == (RES, FRAMES, 2)
+    assert wm.config.text_encoder == "hash16" and isinstance(wm.text_encoder, HashText)
+    # the export holds the EMA weights of the final checkpoint
+    ema = tensors(out, 3)["ema"]
+    for name, value in wm.dit.state_dict().items():
+        assert torch.equal(value, ema[f"dit.{name}"]), name
+    assert torch.equal(wm.null_text.embedding, ema["null_text.embedding"])
+    first = WorldDataset(data.val)[0]
+    video = wm.generate(first["caption"], first["video"][:, 0], steps=2, seed=0)
+    assert video.pixels.shape == (1, 3, FRAMES, RES, RES) and torch.isfinite(video.pixels).all()
+
+
+def test_pre_encoded_and_on_the_fly_latents_train_the_same(data, tmp_path):
+    # same clips, same per-example noise: the losses differ only by the fp16 storage of the latents
+    a = train_losses(train_flow(flow_config(data, tmp_path / "a", latents=True, steps=1)).parent)
+    b = train_losses(train_flow(flow_config(data, tmp_path / "b", latents=False, steps=1)).parent)
+    assert a[1] == pytest.approx(b[1], rel=1e-2)
+
+
+def test_grad_accum_matches_one_micro_batch(data, tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    train_flow(flow_config(data, one, latents=True, steps=3))
+    train_flow(flow_config(data, two, latents=True, steps=3, grad_accum=2))
+    a, b = train_losses(one), train_losses(two)
+    assert list(a) == list(b) == [1, 2, 3]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5)
+    for name, ref in tensors(one, 3).items():
+        for key, value in tensors(two, 3)[name].items():
+            torch.testing.assert_close(value, ref[key], atol=1e-5, rtol=1e-5, msg=f"{name}/{key}")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ddp_two_gloo_processes_match_one_process(data, tmp_path, parallel):
+    """DDP, and FSDP2 (every block and the root sharded across the 2 ranks), follow one process exactly."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    config = flow_config(data, one, latents=True, steps=4, ckpt_every=2)
+    train_flow(config)
+    runner = write_runner(tmp_path)
+    sharded = dataclasses.replace(config, out=str(two), loop=dataclasses.replace(config.loop, parallel=parallel))
+    cfg = write_yaml(tmp_path / "ddp.yaml", "flow", sharded)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(runner),
+           "train", "flow", "--config", str(cfg), "-q"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    a, b = train_losses(one), train_losses(two)
+    assert list(a) == list(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5), (step, a, b)
+    for name, ref in tensors(one, 4).items():
+        got = tensors(two, 4)[name]
+        assert set(got) == set(ref), name
+        for key, value in got.items():
+            torch.testing.assert_close(value, ref[key], atol=1e-5, rtol=1e-5, msg=f"{name}/{key}")
+    va = [m["val_loss"] for m in read_metrics(one) if "val_loss" in m]
+    vb = [m["val_loss"] for m in read_metrics(two) if "val_loss" in m]
+    assert vb == pytest.approx(va, rel=1e-5)
+    # the checkpoint of step 2 written by 2 processes resumes on 1 process and lands on the same weights
+    pointer = two / "checkpoints" / "latest.json"
+    pointer.write_text(json.dumps({"name": "step-00000002", "step": 2}))
+    for path in (two / "checkpoints" / "step-00000004", two / "model"):
+        shutil.rmtree(path)
+    train_flow(dataclasses.replace(config, out=str(two)), resume=True)
+    assert list(train_losses(two)) == [1, 2, 3, 4]
+    for name, ref in tensors(one, 4).items():
+        for key, value in tensors(two, 4)[name].items():
+            torch.testing.assert_close(value, ref[key], atol=1e-5, rtol=1e-5, msg=f"{name}/{key}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("disc", [False, True], ids=["vae", "vae+discriminator"])
+def test_ddp_vae_recipe_matches_one_process(data, tmp_path, disc):
+    gan = dict(disc_weight=0.5, disc_start=1, disc_channels=4) if disc else {}
+    one, two = tmp_path / "one", tmp_path / "two"
+    config = vae_config(data, one, loop={"val_every": 0}, **gan)
+    train_vae(config)
+    runner = write_runner(tmp_path)
+    cfg = write_yaml(tmp_path / "ddp.yaml", "vae", dataclasses.replace(config, out=str(two)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(runner),
+           "train", "vae", "--config", str(cfg), "-q"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    a, b = train_losses(one), train_losses(two)
+    assert list(a) == list(b) == [1, 2, 3]
+    assert [b[s] for s in b] == pytest.approx([a[s] for s in a], rel=1e-5)
+    if disc:
+        # The losses agree, the weights only to ~1e-3: Adam turns the float-noise gradients of the conv biases
+        # in front of the discriminator's GroupNorms (mathematically zero) into lr-sized steps of random sign.
+        assert all("g_adv" in m for m in read_metrics(two) if "loss" in m and m["step"] > 1)
+        return
+    for name, ref in tensors(one, 3).items():
+        for key, value in tensors(two, 3)[name].items():
+            torch.testing.assert_close(value, ref[key], atol=5e-5, rtol=1e-4, msg=f"{name}/{key}")
+
+
+def test_kill_then_resume_is_bit_exact(data, tmp_path):
+    steps, ckpt_every, stall = 12, 5, 7
+    ref, run = tmp_path / "uninterrupted", tmp_path / "killed"
+    config = flow_config(data, ref, latents=True, steps=steps, ckpt_every=ckpt_every)
+    train_flow(config)
+    runner = write_runner(tmp_path)
+    cfg = write_yaml(tmp_path / "flow.yaml", "flow", dataclasses.replace(config, out=str(run)))
+    cmd = [sys.executable, str(runner), "train", "flow", "--config", str(cfg), "-q"]
+    marker = tmp_path / "stalled"
+    env = child_env(WMGEN_TEST_STALL_AT=str(stall), WMGEN_TEST_STALL_FILE=str(marker))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
+        assert marker.exists(), "the run did not reach the stall step in time"
+        assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 5
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    assert not (run / "model").exists()
+    assert sorted(train_losses(run)) == list(range(1, stall + 1))  # steps 6 and 7 logged after the checkpoint
+    assert latest_checkpoint(run).name == "step-00000005"
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=child_env(), capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert train_losses(run) == train_losses(ref)  # every step once, the same losses bit for bit
+    want, got = tensors(ref, steps), tensors(run, steps)
+    for name in CHECKPOINT_TENSORS:
+        assert set(got[name]) == set(want[name]), name
+        for key, value in want[name].items():
+            assert torch.equal(got[name][key], value), f"{name}/{key}"
+    state = json.loads((run / "checkpoints" / f"step-{steps:08d}" / "state.json").read_text())
+    assert state["step"] == steps and state["ema_updates"] == steps
+    exported = WorldModel.from_pretrained(run / "model").dit.state_dict()
+    for key, value in WorldModel.from_pretrained(ref / "model").dit.state_dict().items():
+        assert torch.equal(exported[key], value), key
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_vae_reads_its_section_and_set_overrides(data, tmp_path):
+    out = tmp_path / "cli-vae"
+    vae = to_dict(vae_config(data, out, loop={"steps": 5, "val_every": 0}))
+    # the flow section is ignored by `train vae`; an unknown key there would otherwise be an error
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(yaml.safe_dump({"vae": vae, "flow": {"not_a_key": 1}}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "vae", "--config", str(cfg), "--set", "loop.steps=2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out / 'vae'}" in result.output
+    assert sorted(train_losses(out)) == [1, 2]  # --set beat the file's loop.steps = 5
+    state = json.loads((latest_checkpoint(out) / "state.json").read_text())
+    assert state["config"]["loop"]["steps"] == 2 and state["config"]["loop"]["progress"] is False  # -q
+    CausalVAE.from_pretrained(out / "vae")
+
+    # a bad key, from --set or from the file's section, exits 2 and names it
+    bad = runner.invoke(app, ["train", "vae", "--config", str(cfg), "--set", "loop.stepz=2"])
+    assert bad.exit_code == 2 and "loop.stepz" in bad.output
+    cfg.write_text(yaml.safe_dump({"vae": {**vae, "crop_sise": 8}}))
+    bad = runner.invoke(app, ["train", "vae", "--config", str(cfg)])
+    assert bad.exit_code == 2 and "crop_sise" in bad.output and "crop_size" in bad.output  # lists valid keys
+    # a second run into the same out directory needs --resume
+    cfg.write_text(yaml.safe_dump({"vae": vae}))
+    again = runner.invoke(app, ["train", "vae", "--config", str(cfg), "--set", "loop.steps=2"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    # resuming a finished run with a changed recipe setting is refused, naming the key
+    changed = runner.invoke(app, ["train", "vae", "--config", str(cfg), "--set", "loop.steps=2", "--set",
+                                  "l1_weight=2.0", "--resume"])  # fmt: skip
+    assert changed.exit_code == 2 and "l1_weight" in changed.output
