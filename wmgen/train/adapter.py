@@ -35,7 +35,6 @@ from wmgen.train.common import (
     Trainer,
     example_generators,
     global_batch_indices,
-    rank_slice,
 )
 from wmgen.train.flow import CaptionTable, LatentClips, _time_sampler
 
@@ -179,11 +178,6 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
         trainer = Trainer(module, loop, out, dist=d, config=config)
         if resume:
             trainer.resume()
-        per_rank = rank_slice(loop.batch_size, d.rank, d.world_size)
-        local = per_rank.stop - per_rank.start
-        if local % loop.grad_accum:
-            raise ValueError(f"batch_size / world size ({local}) must be divisible by grad_accum ({loop.grad_accum})")
-        micro_size = local // loop.grad_accum
         sampler = _time_sampler(config)
 
         def batch(clips, dataset, idx: Tensor, gens: list[torch.Generator], dropout: bool) -> tuple[Any, ...]:
@@ -200,7 +194,7 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
             return x1, x0, context, drop, image, control, keep
 
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            part = slice(per_rank.start + micro * micro_size, per_rank.start + (micro + 1) * micro_size)
+            part = trainer.part(micro)
             idx = global_batch_indices(len(train), loop.batch_size, step, loop.seed)[part]
             gens = example_generators(loop.seed, step, loop.batch_size)[part]
             x1, x0, context, drop, image, control, keep = batch(train, train_set, idx, gens, dropout=True)

@@ -360,6 +360,14 @@ class Trainer:
                 fully_shard(sub)
             fully_shard(model)
         self.model = torch.compile(model) if loop.compile else model
+        per_rank = rank_slice(loop.batch_size, dist.rank, dist.world_size)
+        local = per_rank.stop - per_rank.start
+        if local % loop.grad_accum:
+            raise ValueError(
+                f"batch_size / world size = {local} examples per rank must be divisible by grad_accum "
+                f"({loop.grad_accum})"
+            )
+        self._first, self._micro_size = per_rank.start, local // loop.grad_accum
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model has no trainable parameters (all requires_grad=False)")
@@ -368,6 +376,12 @@ class Trainer:
         )
         self.ema = EMA(self._named_trainable(), loop.ema_decay) if loop.ema_decay > 0 else None
         self.step = 0
+
+    def part(self, micro: int) -> slice:
+        """The positions in the step's global batch held by micro-batch ``micro`` of this rank: slice the
+        batch's example indices and ``example_generators`` with it."""
+        start = self._first + micro * self._micro_size
+        return slice(start, start + self._micro_size)
 
     def _named_trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.module.named_parameters() if p.requires_grad)

@@ -43,7 +43,6 @@ from wmgen.train.common import (
     Trainer,
     example_generators,
     global_batch_indices,
-    rank_slice,
 )
 
 __all__ = ["FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "train_flow"]
@@ -253,11 +252,6 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
         trainer = Trainer(module, loop, out, dist=d, config=config, shard=list(dit.blocks))
         if resume:
             trainer.resume()
-        per_rank = rank_slice(loop.batch_size, d.rank, d.world_size)
-        local = per_rank.stop - per_rank.start
-        if local % loop.grad_accum:
-            raise ValueError(f"batch_size / world size ({local}) must be divisible by grad_accum ({loop.grad_accum})")
-        micro_size = local // loop.grad_accum
         sampler = _time_sampler(config)
 
         def batch(clips: LatentClips, idx: Tensor, gens: list[torch.Generator], dropout: bool) -> tuple[Tensor, ...]:
@@ -277,7 +271,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
             # This micro-batch's part of the global batch, examples and per-example generators alike, so any
             # world size and grad_accum see the same numbers.
-            part = slice(per_rank.start + micro * micro_size, per_rank.start + (micro + 1) * micro_size)
+            part = trainer.part(micro)
             idx = global_batch_indices(len(train), loop.batch_size, step, loop.seed)[part]
             gens = example_generators(loop.seed, step, loop.batch_size)[part]
             x1, x0, context, drop, image = batch(train, idx, gens, dropout=True)

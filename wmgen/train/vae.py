@@ -39,7 +39,6 @@ from wmgen.train.common import (
     Trainer,
     example_generators,
     global_batch_indices,
-    rank_slice,
 )
 
 __all__ = ["PatchDiscriminator", "VAETrainConfig", "measure_latent_stats", "reconstruction_metrics", "train_vae"]
@@ -188,18 +187,11 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
             raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another out")
         if resume:
             trainer.resume()
-        per_rank = rank_slice(loop.batch_size, d.rank, d.world_size)
-        local = per_rank.stop - per_rank.start
-        if local % loop.grad_accum:
-            raise ValueError(
-                f"batch_size / world size ({local}) must be divisible by grad_accum ({loop.grad_accum})"
-            )
-        micro_size = local // loop.grad_accum
 
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
             # this micro-batch's part of the global batch and one generator per clip (crop, then posterior
             # noise): the same numbers for any world size and grad_accum
-            part = slice(per_rank.start + micro * micro_size, per_rank.start + (micro + 1) * micro_size)
+            part = trainer.part(micro)
             idx = global_batch_indices(len(train_set), loop.batch_size, step, loop.seed)[part]
             gens = example_generators(loop.seed, step, loop.batch_size)[part]
             video = torch.stack([_crop(train_set[int(i)]["video"], config.crop_frames, config.crop_size, g)
