@@ -872,9 +872,13 @@ class WorldDataset(torch.utils.data.Dataset):
         path: dataset directory.
         verify: check each shard's sha256 the first time it is read (``verify()`` checks all at once).
         max_open_shards: memory maps kept open at a time.
+        in_memory: read each shard's arrays into RAM on first use and keep them (training loops that visit
+            clips at random: on machines that reclaim idle page cache, memory maps re-read the disk).
     """
 
-    def __init__(self, path: str | os.PathLike, *, verify: bool = True, max_open_shards: int = 16) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, verify: bool = True, max_open_shards: int = 16, in_memory: bool = False
+    ) -> None:
         self.path = Path(path)
         index_path = self.path / INDEX
         if not index_path.is_file():
@@ -903,6 +907,7 @@ class WorldDataset(torch.utils.data.Dataset):
         self._verified: set[int] = set()
         self._open: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._max_open = max(1, max_open_shards)
+        self.in_memory = in_memory
 
     @property
     def complete(self) -> bool:
@@ -956,7 +961,7 @@ class WorldDataset(torch.utils.data.Dataset):
         directory = self.path / self.shards[k]["name"]
         arrays = {}
         for name, (dtype, shape) in self.specs.items():
-            arr = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            arr = np.load(directory / f"{name}.npy", mmap_mode=None if self.in_memory else "r", allow_pickle=False)
             if arr.dtype != np.dtype(dtype) or arr.shape != (self.shards[k]["count"], *shape):
                 raise CorruptShardError(
                     f"shard {self.shards[k]['name']}: {name}.npy is {arr.dtype} "
@@ -964,7 +969,7 @@ class WorldDataset(torch.utils.data.Dataset):
                 )
             arrays[name] = arr
         self._open[k] = arrays
-        if len(self._open) > self._max_open:
+        if len(self._open) > self._max_open and not self.in_memory:
             self._open.popitem(last=False)
         return arrays
 

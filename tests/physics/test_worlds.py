@@ -282,3 +282,17 @@ def test_preview_writes_pictures(tmp_path):
     summary = json.loads(paths["json"].read_text())
     assert summary["caption"] == W.simulate_clip(W.sample_world_scene(tiny(), 2, 0), tiny()).caption
     assert not [p for p in os.listdir(tmp_path / "preview") if p.startswith(".")]
+
+
+def test_in_memory_reader_gives_the_same_items_and_keeps_every_shard(reference):
+    mapped = W.WorldDataset(reference, max_open_shards=1)
+    loaded = W.WorldDataset(reference, max_open_shards=1, in_memory=True)
+    for i in range(len(mapped)):
+        a, b = mapped[i], loaded[i]
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[key]), (i, key)
+            else:
+                assert value == b[key], (i, key)
+    assert len(loaded._open) == len(loaded.shards)  # nothing evicted: the arrays live in RAM
+    assert not any(isinstance(arr, np.memmap) for shard in loaded._open.values() for arr in shard.values())

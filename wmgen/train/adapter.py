@@ -158,7 +158,7 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
     out = Path(config.out)
     with Distributed() as d:
         world = WorldModel.from_pretrained(config.model, device=d.device)
-        train_set, val_set = WorldDataset(config.data), WorldDataset(config.val_data)
+        train_set, val_set = WorldDataset(config.data, in_memory=True), WorldDataset(config.val_data, in_memory=True)
         train = LatentClips(world.vae, latents=config.latents, data=config.data, device=d.device)
         val = LatentClips(world.vae, latents=config.val_latents, data=config.val_data, device=d.device)
         for clips, dataset, name in ((train, train_set, "latents"), (val, val_set, "val_latents")):

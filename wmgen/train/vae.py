@@ -174,7 +174,7 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
     for name in ("data", "val_data"):
         if not getattr(config, name):
             raise ValueError(f"{name} must name a world dataset directory (wmgen data generate), got ''")
-    train_set, val_set = WorldDataset(config.data), WorldDataset(config.val_data)
+    train_set, val_set = WorldDataset(config.data, in_memory=True), WorldDataset(config.val_data, in_memory=True)
     loop = config.loop
     out = Path(config.out)
     with Distributed() as d:
