@@ -218,13 +218,14 @@ def data_encode(
     vae: Annotated[Path, typer.Option(help="Trained VAE directory (wmgen train vae).")],
     out: Annotated[Path, typer.Option(help="Latents directory to write.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder call.")] = 8,
+    num_clips: Annotated[int | None, typer.Option(min=1, help="Encode only the first N clips.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Pre-encode a world dataset's clips to VAE posterior latents (mean, std) for `wmgen train flow`."""
     from wmgen.train.flow import encode_latents
 
     try:
-        path = encode_latents(data, vae, out, batch_size=batch_size, progress=not quiet)
+        path = encode_latents(data, vae, out, batch_size=batch_size, num_clips=num_clips, progress=not quiet)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(err)
     typer.echo(f"wrote {path}")

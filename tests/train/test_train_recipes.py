@@ -267,6 +267,15 @@ def test_encode_latents_writes_posterior_of_every_clip(data, tmp_path):
     assert load_file(data.latents / "latents.safetensors")["mean"].shape == (16, *LATENT)
     with pytest.raises(FileNotFoundError, match="vae"):
         encode_latents(data.train, tmp_path, tmp_path / "x", progress=False)
+    # a prefix of the dataset: the first num_clips clips, the same numbers as the full encoding
+    head = encode_latents(data.train, data.vae, tmp_path / "head", num_clips=5, progress=False)
+    assert load_file(head / "latents.safetensors")["mean"].shape == (5, *LATENT)
+    torch.testing.assert_close(load_file(head / "latents.safetensors")["mean"], latents["mean"][:5])
+    assert json.loads((head / "latents.json").read_text())["captions"] == meta["captions"][:5]
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="num_clips must be in"):
+            encode_latents(data.train, data.vae, tmp_path / f"bad{bad}", num_clips=bad, progress=False)
+        assert not (tmp_path / f"bad{bad}").exists()
 
 
 # --- flow --------------------------------------------------------------------------------------------------

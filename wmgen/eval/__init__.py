@@ -1,8 +1,10 @@
 """Evaluation: measure how well generated videos obey their controls (point tracks first)."""
 
 from wmgen.eval.tracks import (
+    COLOR_MOTIONS,
     COTRACKER_MODELS,
     TRACKERS,
+    ColorObjectTracker,
     CoTrackerTracker,
     LucasKanadeTracker,
     PointTracker,
@@ -12,8 +14,10 @@ from wmgen.eval.tracks import (
 )
 
 __all__ = [
+    "COLOR_MOTIONS",
     "COTRACKER_MODELS",
     "TRACKERS",
+    "ColorObjectTracker",
     "CoTrackerTracker",
     "LucasKanadeTracker",
     "PointTracker",

@@ -162,8 +162,11 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
         train = LatentClips(world.vae, latents=config.latents, data=config.data, device=d.device)
         val = LatentClips(world.vae, latents=config.val_latents, data=config.val_data, device=d.device)
         for clips, dataset, name in ((train, train_set, "latents"), (val, val_set, "val_latents")):
-            if len(clips) != len(dataset):
-                raise ValueError(f"{name} hold {len(clips)} clips but the world dataset {len(dataset)}")
+            if len(clips) > len(dataset) or clips.captions != [r["caption"] for r in dataset.records[: len(clips)]]:
+                raise ValueError(
+                    f"{name} ({len(clips)} clips) are not the latents of the first clips of the world dataset "
+                    f"({len(dataset)} clips): encode them from the same dataset (wmgen data encode)"
+                )
         encoder = world.text_encoder
         captions = CaptionTable(train.captions + val.captions, encoder, progress=loop.progress and d.is_main)
         adapter = build_adapter(config, world, generator=torch.Generator().manual_seed(loop.seed))

@@ -103,10 +103,12 @@ def encode_latents(
     out: str | os.PathLike,
     *,
     batch_size: int = 8,
+    num_clips: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Encode every clip of a world dataset with a trained VAE; write posterior mean and std (fp16) + captions.
+    """Encode the clips of a world dataset (all, or the first ``num_clips``) with a trained VAE; write posterior
+    mean and std (fp16) + captions.
 
     ``out`` gets ``latents.safetensors`` {"mean", "std": [N, C, T', H', W']} and ``latents.json`` (captions,
     source paths); written into a temporary directory and renamed, so an interrupted run leaves nothing.
@@ -117,10 +119,13 @@ def encode_latents(
     if out.exists():
         raise FileExistsError(f"out = {str(out)!r} exists; remove it or choose another directory")
     dataset = WorldDataset(data)
+    total = len(dataset) if num_clips is None else num_clips
+    if not 1 <= total <= len(dataset):
+        raise ValueError(f"num_clips must be in [1, {len(dataset)}] (the dataset's clips), got {num_clips}")
     model = CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json"), device=device).eval()
     means, stds = [], []
-    for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="encode"):
-        video = torch.stack([dataset[i]["video"] for i in range(start, min(start + batch_size, len(dataset)))])
+    for start in tqdm(range(0, total, batch_size), disable=not progress, desc="encode"):
+        video = torch.stack([dataset[i]["video"] for i in range(start, min(start + batch_size, total))])
         posterior = model.encode(video.to(device))
         means.append(posterior.mean.half().cpu())
         stds.append(posterior.std.half().cpu())
@@ -129,7 +134,7 @@ def encode_latents(
     tmp.mkdir(parents=True)
     save_file({"mean": torch.cat(means), "std": torch.cat(stds)}, tmp / LATENTS_FILE)
     meta = {
-        "captions": [dataset.records[i]["caption"] for i in range(len(dataset))],
+        "captions": [dataset.records[i]["caption"] for i in range(total)],
         "data": str(Path(data).resolve()),
         "vae": str(Path(vae).resolve()),
     }
