@@ -100,7 +100,12 @@ def test_tiny_preset_runs_at_its_latent_size():
     x = torch.randn(1, 16, 5, 8, 8, generator=gen(1))  # 64x64, 17 frames through the 4x/8x VAE
     assert model.token_grid(x.shape) == (5, 4, 4)  # 80 tokens
     assert model(x, torch.rand(1, generator=gen(2)), context=torch.randn(1, 3, 384)).shape == x.shape
-    assert set(DIT_PRESETS) == {"tiny", "small", "wan-1.3b"}
+    assert set(DIT_PRESETS) == {"tiny", "tiny-s4", "small", "wan-1.3b"}
+    # the tiny recipe's pairing with the 4x-spatial VAE: 16 x 5 x 16 x 16 latents, 1x4x4 patches, also 80 tokens
+    s4 = VideoDiT(DIT_PRESETS["tiny-s4"], generator=gen())
+    x4 = torch.randn(1, 16, 5, 16, 16, generator=gen(1))
+    assert s4.token_grid(x4.shape) == (5, 4, 4)
+    assert s4(x4, torch.rand(1, generator=gen(2)), context=torch.randn(1, 3, 384)).shape == x4.shape
 
 
 # --- hints ------------------------------------------------------------------------------------------------

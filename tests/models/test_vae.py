@@ -61,6 +61,16 @@ def test_wan_shapes_on_meta():
         assert wan.decode(post.mean).shape == (1, 3, 81, 480, 832)
 
 
+@pytest.mark.parametrize(("preset", "latent"), [("tiny", (16, 5, 8, 8)), ("tiny-s4", (16, 5, 16, 16))])
+def test_tiny_presets_on_meta(preset, latent):
+    """The tiny recipes' 64x64 x 17-frame clips: 8x spatial (48x compression) and 4x spatial (12x)."""
+    with torch.device("meta"):
+        vae = CausalVAE(VAE_PRESETS[preset])
+        post = vae.encode(torch.empty(2, 3, 17, 64, 64))
+        assert post.mean.shape == (2, *latent)
+        assert vae.decode(post.mean).shape == (2, 3, 17, 64, 64)
+
+
 def test_causal_conv_pads_only_the_past():
     conv = CausalConv3d(1, 1, (3, 1, 1))
     with torch.no_grad():
