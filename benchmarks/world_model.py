@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from physics.worlds import WorldDataset
 from wmgen.eval.tracks import TRACKERS, make_tracker
 from wmgen.eval.world import (
     FALL_PX,
+    add_generation_arguments,
     evaluate_world_model,
     load_world_model,
     world_figures,
@@ -41,19 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="WorldModel directory (wmgen train flow's model/)")
     p.add_argument("--data", required=True, help="held-out world dataset (physics.worlds)")
     p.add_argument("--clips", type=int, default=64, help="clips evaluated, the first ones (default 64)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
-    p.add_argument("--method", default=None, help="ODE solver (default: the model's)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--tracker", choices=sorted(TRACKERS), default="lk", help="point tracker of the motion check")
     p.add_argument("--fall-px", type=float, default=FALL_PX, help="mean downward motion (px) of a falling object")
-    p.add_argument("--no-caption", action="store_true", help="generate from the empty prompt, not the captions")
-    p.add_argument("--text", default=None, help="PrecomputedText table (.safetensors) instead of the model's encoder")
-    p.add_argument("--examples", type=int, default=4, help="clips shown in the figures (0: none)")
     p.add_argument("--out", default="outputs/eval/world_model", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_generation_arguments(p)
     return p
 
 

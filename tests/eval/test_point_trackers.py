@@ -213,17 +213,16 @@ def test_lk_speed_64x64x17_with_300_points():
 # ------------------------------------------------------------------------------------------ rendered worlds
 
 
-@pytest.fixture(scope="module")
-def world_clips(tmp_path_factory):
-    """Four 32x32 x 9-frame rigid-world clips with the simulator's ground-truth tracks (~0.3 s to make)."""
+def _rigid_clips(tmp_path_factory, resolution: int, frames: int):
+    """Four rigid-world clips of the given size with the simulator's ground-truth tracks (seed 0)."""
     from physics import worlds as W
     from physics.rigid import RigidConfig
     from physics.scenes import SceneConfig
 
     config = W.WorldConfig(
         kind="rigid",
-        resolution=32,
-        frames=9,
+        resolution=resolution,
+        frames=frames,
         num_tracks=64,
         rigid_particles_per_object=96,
         batch_size=4,
@@ -231,8 +230,14 @@ def world_clips(tmp_path_factory):
         scene=SceneConfig(max_objects=2),
         rigid=RigidConfig(substeps=4),
     )
-    out = W.generate_dataset(config, tmp_path_factory.mktemp("worlds"), 4, seed=0, progress=False)
+    out = W.generate_dataset(config, tmp_path_factory.mktemp(f"worlds{resolution}"), 4, seed=0, progress=False)
     return W.WorldDataset(out)
+
+
+@pytest.fixture(scope="module")
+def world_clips(tmp_path_factory):
+    """Four 32x32 x 9-frame rigid-world clips (~0.3 s to make)."""
+    return _rigid_clips(tmp_path_factory, 32, 9)
 
 
 def test_lk_on_rendered_world_clips_against_ground_truth(world_clips):
@@ -481,24 +486,8 @@ def test_color_speed_64x64x17_with_100_points():
 
 @pytest.fixture(scope="module")
 def world_clips_64(tmp_path_factory):
-    """Four 64x64 x 17-frame rigid-world clips (the tiny recipe's video size) with ground-truth tracks (~1 s)."""
-    from physics import worlds as W
-    from physics.rigid import RigidConfig
-    from physics.scenes import SceneConfig
-
-    config = W.WorldConfig(
-        kind="rigid",
-        resolution=64,
-        frames=17,
-        num_tracks=64,
-        rigid_particles_per_object=96,
-        batch_size=4,
-        supersample=1,
-        scene=SceneConfig(max_objects=2),
-        rigid=RigidConfig(substeps=4),
-    )
-    out = W.generate_dataset(config, tmp_path_factory.mktemp("worlds64"), 4, seed=0, progress=False)
-    return W.WorldDataset(out)
+    """Four 64x64 x 17-frame rigid-world clips, the tiny recipe's video size (~1 s)."""
+    return _rigid_clips(tmp_path_factory, 64, 17)
 
 
 def test_color_on_rendered_world_clips_against_ground_truth(world_clips_64):

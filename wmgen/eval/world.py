@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from wmgen.eval.tracks import LucasKanadeTracker, PointTracker
 
 __all__ = [
     "FALL_PX",
+    "add_generation_arguments",
     "add_titles",
     "batch_seed",
     "evaluate_world_model",
@@ -599,6 +601,21 @@ def world_table(results: dict[str, Any]) -> str:
             ["ground truth, simulator", None, None, 1.0 if r["falling_objects"] else None, r["dy_ground_truth"]],
         ],
     )
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling, figure and device options shared by the evaluation scripts (benchmarks/world_model.py,
+    benchmarks/adapters.py)."""
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
+    p.add_argument("--method", default=None, help="ODE solver (default: the model's)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--no-caption", action="store_true", help="generate from the empty prompt, not the captions")
+    p.add_argument("--text", default=None, help="PrecomputedText table (.safetensors) instead of the model's encoder")
+    p.add_argument("--examples", type=int, default=4, help="clips shown in the figures (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def load_world_model(
