@@ -9,16 +9,19 @@ Cases (fp32, CPU, batch 16, 16 text tokens):
   reference  the tiny widths with 8 layers (9.16M parameters) at 16 x 5 x 16 x 16 -> 320 tokens/sample
 
 Timed: forward under ``torch.no_grad`` and one training step (forward, MSE loss, backward, AdamW step).
+``--compile`` adds a third contender, our model under ``torch.compile`` (inductor; what ``loop.compile`` does in
+training), with its own copy of the weights; compilation happens in the untimed warm-up calls.
 Calls alternate between the two models so machine noise hits both alike; the median of ``--repeats`` is
 reported. FLOP/s count the matmuls (projections, attention scores and values; backward = 2x forward) and are
 given as a fraction of this machine's fp32 matmul peak, measured in the same run with a large torch.mm.
 
-Run:  .venv/bin/python benchmarks/dit.py [--threads 2] [--repeats 7] [--json out.json]
+Run:  .venv/bin/python benchmarks/dit.py [--threads 2] [--repeats 7] [--compile] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -95,25 +98,31 @@ def make_inputs(cfg: DiTConfig, latent: tuple[int, ...]):
     return x, t, context, target
 
 
-def run_case(name: str, cfg: DiTConfig, latent: tuple[int, ...], repeats: int, peak: float) -> list[Row]:
+def run_case(
+    name: str, cfg: DiTConfig, latent: tuple[int, ...], repeats: int, peak: float, compile_: bool = False
+) -> list[Row]:
     ours, theirs = build_pair(cfg)
     x, t, context, target = make_inputs(cfg, latent)
+    models = {"wmgen": ours, "diffusers": theirs}
     calls = {
         "wmgen": lambda: ours(x, t, context=context),
         # diffusers: sigma = 1 - t, timestep = 1000 sigma, velocity = noise - data = -ours
         "diffusers": lambda: -theirs(x, 1000 * (1 - t), encoder_hidden_states=context, return_dict=False)[0],
     }
+    if compile_:
+        models["wmgen+compile"] = compiled = copy.deepcopy(ours)
+        compiled_call = torch.compile(compiled)
+        calls["wmgen+compile"] = lambda: compiled_call(x, t, context=context)
     with torch.no_grad():
-        a, b = calls["wmgen"](), calls["diffusers"]()
-    err = ((a - b).abs().max() / b.abs().max()).item()
-    print(f"[{name}] outputs after the key mapping: max |ours - (-diffusers)| / max |diffusers| = {err:.2e}")
-    if err > 1e-4:
-        raise SystemExit(f"[{name}] outputs disagree ({err:.2e}): the mapping or the model is wrong")
+        outputs = {impl: call() for impl, call in calls.items()}
+    b = outputs["diffusers"]
+    for impl in (i for i in outputs if i != "diffusers"):
+        err = ((outputs[impl] - b).abs().max() / b.abs().max()).item()
+        print(f"[{name}] {impl} after the key mapping: max |ours - (-diffusers)| / max |diffusers| = {err:.2e}")
+        if err > 1e-4:
+            raise SystemExit(f"[{name}] {impl} and diffusers disagree ({err:.2e}): the mapping or the model is wrong")
 
-    optimizers = {
-        "wmgen": torch.optim.AdamW(ours.parameters(), lr=1e-4),
-        "diffusers": torch.optim.AdamW(theirs.parameters(), lr=1e-4),
-    }
+    optimizers = {impl: torch.optim.AdamW(model.parameters(), lr=1e-4) for impl, model in models.items()}
 
     def train_step(impl: str) -> None:
         loss = torch.nn.functional.mse_loss(calls[impl](), target)
@@ -131,7 +140,7 @@ def run_case(name: str, cfg: DiTConfig, latent: tuple[int, ...], repeats: int, p
     flops["train"] = 3 * flops["forward"]
     rows = []
     for mode, step in (("forward", forward), ("train", train_step)):
-        times = {"wmgen": [], "diffusers": []}
+        times = {impl: [] for impl in calls}
         for impl in times:  # warm-up (allocator, AdamW state)
             step(impl)
             step(impl)
@@ -152,6 +161,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,7 +178,7 @@ def main() -> None:
     rows: list[Row] = []
     for name in args.cases:
         cfg, latent = CASES[name]
-        rows += run_case(name, cfg, latent, args.repeats, peak)
+        rows += run_case(name, cfg, latent, args.repeats, peak, args.compile)
     peak_end = matmul_peak()
     load_end = os.getloadavg()
 
@@ -177,7 +187,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         other = next(o for o in rows if (o.case, o.mode) == (r.case, r.mode) and o.impl == "diffusers")
-        ratio = f"{r.s_per_step / other.s_per_step:.2f}" if r.impl == "wmgen" else ""
+        ratio = f"{r.s_per_step / other.s_per_step:.2f}" if r.impl != "diffusers" else ""
         print(
             f"| {r.case} | {r.params / 1e6:.2f}M | {r.tokens} x {BATCH} | {r.mode} | {r.impl} | "
             f"{r.s_per_step:.4f} | {ratio} | {r.gflops:.1f} | {100 * r.peak_fraction:.0f}% |"

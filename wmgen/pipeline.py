@@ -2,7 +2,8 @@
 
     prompt --TextEncoder--> context [B, Lc, Dc]     (CFG's other branch: the negative prompt, or NullText)
     first frame --VAE encode (mode), normalise--> image_latent [B, C, H', W']     (image-to-video models)
-    noise x0 [B, C, T', H', W'] ~ N(0, I) from a torch.Generator
+    noise x0 [B, C, T', H', W'] ~ N(0, I) from a torch.Generator   ("tokens" I2V layout: frame 0 = image_latent,
+                                                                     held there by v = 0)
       --integrate(v, x0) on time_grid(steps, shift), t = 0 noise -> t = 1 data--> latents [B, C, T', H', W']
           v = guide(cfg(v_cond, v_uncond, cfg_scale), *guidance)
           v_branch(x, t) = dit(x, t, context, image_latent, hints=compose_hints(controls, dit.embed(x, t, ...)))
@@ -637,7 +638,8 @@ class WorldModel(nn.Module):
             prompt: one prompt for all samples, or one per sample.
             first_frame: the conditioning frame of an image-to-video model (required there, rejected by
                 text-only models); forms as in ``encode_first_frame``; one image for all samples or one per
-                sample. The generated frame 0 is the model's own (it is not overwritten by the given frame).
+                sample. With the Wan2.1 channel layout the generated frame 0 is the model's own; with the
+                "tokens" layout (``DiTConfig.image_condition``) the latent frame 0 is the given frame's.
             controls: ``controls.base.Control`` s, applied to both CFG branches unless ``Control.uncond`` is
                 False.
             guidance: velocity wrappers (``wmgen.flow.guidance.GradientGuidance`` ...) stacked outside CFG with
@@ -707,6 +709,9 @@ class WorldModel(nn.Module):
         generator = _make_generator(seed, generator, self.device)
         x0 = torch.randn((B, *self.latent_shape(num_frames)), generator=generator, device=generator.device)
         x0 = x0.to(self.device)  # (B, C, T', H', W')
+        pinned = self.dit.pinned_frames(image_latent)  # "tokens" I2V layout: frame 0 is the given latent
+        if pinned:
+            x0 = torch.cat([image_latent[:, :, None].to(x0.dtype), x0[:, :, pinned:]], dim=2)
 
         # 4. the velocity: conditional branch, CFG, then the guidance wrappers
         v = self.velocity_fn(context=context, image_latent=image_latent, controls=controls, branch="cond")
@@ -714,6 +719,8 @@ class WorldModel(nn.Module):
             v_uncond = self.velocity_fn(context=null, image_latent=image_latent, controls=controls, branch="uncond")
             v = cfg(v, v_uncond, cfg_scale)
         v = guide(v, *guidance)
+        if pinned:  # guidance must not move the given frame either
+            v = _hold_frames(v, pinned)
 
         # 5. solve from t = 0 (noise) to t = 1 (data)
         grid = time_grid(steps, shift=shift, dtype=torch.float64)
@@ -794,6 +801,16 @@ class WorldModel(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. helpers
+
+
+def _hold_frames(v: VelocityFn, frames: int) -> VelocityFn:
+    """The velocity with its first ``frames`` latent frames set to 0 (they stay as they start)."""
+
+    def held(x: Tensor, t: Tensor) -> Tensor:
+        out = v(x, t)  # (B, C, T', H', W')
+        return torch.cat([torch.zeros_like(out[:, :, :frames]), out[:, :, frames:]], dim=2)
+
+    return held
 
 
 def _replace_dir(src: Path, target: Path) -> None:

@@ -372,6 +372,42 @@ def test_image_to_video_channel_layout():
         make_model()(x, t, image_latent=x[:, :, 0])
 
 
+def test_image_to_video_token_layout_is_a_t2v_model_with_clean_given_frames():
+    """Wan2.2-TI2V layout: no extra channels; the given frames replace x's first frames at t = 1 (clean), their
+    velocity is 0, and the rest equals the same weights run as a text-to-video model on that input."""
+    config = dataclasses.replace(CFG, image_to_video=True, image_condition="tokens")
+    assert config.patch_in_channels == 4
+    model = make_model(config)
+    t2v = make_model(dataclasses.replace(CFG, image_to_video=False))
+    t2v.load_state_dict(model.state_dict())
+    x, t, context = inputs()
+    for k in (1, 2):
+        cond = torch.randn(B, 4, k, 4, 6, generator=gen(k))
+        v = model(x, t, context=context, image_latent=cond if k > 1 else cond[:, :, 0])
+        assert model.pinned_frames(cond if k > 1 else cond[:, :, 0]) == k
+        assert torch.equal(v[:, :, :k], torch.zeros(B, 4, k, 4, 6))  # the given frames are held
+        pinned = torch.cat([cond, x[:, :, k:]], dim=2)
+        t_tok = t[:, None].expand(B, L).clone()
+        t_tok[:, : k * 6] = 1.0  # grid (3, 2, 3): 6 tokens per latent frame, (t h w) order
+        reference = t2v(pinned, t_tok, context=context)
+        torch.testing.assert_close(v[:, :, k:], reference[:, :, k:], rtol=1e-5, atol=1e-6)
+        # what x holds on the given frames is ignored; the given frames themselves matter
+        noisy = x.clone()
+        noisy[:, :, :k] += 3.0
+        assert torch.equal(model(noisy, t, context=context, image_latent=cond if k > 1 else cond[:, :, 0]), v)
+    other = model(x, t, context=context, image_latent=torch.randn(B, 4, 4, 6, generator=gen(9)))
+    assert not torch.allclose(other[:, :, 1:], model(x, t, context=context, image_latent=x[:, :, 0])[:, :, 1:])
+    assert make_model(dataclasses.replace(CFG, image_to_video=True)).pinned_frames(x[:, :, 0]) == 0
+    assert model.pinned_frames(None) == 0
+    with pytest.raises(ValueError, match="needs image_latent"):
+        model(x, t, context=context)
+    temporal = make_model(dataclasses.replace(config, patch=(2, 2, 2)))
+    with pytest.raises(ValueError, match=r"multiple of the temporal patch 2 frames, got K = 1"):
+        temporal(torch.randn(B, 4, 4, 4, 6), t, image_latent=x[:, :, 0])
+    with pytest.raises(ConfigError, match="image_condition"):
+        DiTConfig(image_condition="concat")
+
+
 # --- bad inputs and configs -------------------------------------------------------------------------------
 
 
@@ -439,3 +475,22 @@ def test_cuda_bf16_autocast_stays_close_to_fp32():
     v32 = model(x, t, context=context)
     assert v.dtype == torch.float32
     torch.testing.assert_close(v, v32, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_outputs_and_gradients():
+    """What ``loop.compile`` runs: inductor (real-arithmetic RoPE, fused elementwise kernels) == eager."""
+    model = make_model(dataclasses.replace(CFG, image_to_video=True, image_condition="tokens"))
+    x, t, context = inputs()
+    image = torch.randn(B, 4, 4, 6, generator=gen(5))
+    compiled = torch.compile(model)
+    for run in (model, compiled):
+        run.zero_grad(set_to_none=True)
+        out = run(x, t, context=context, image_latent=image)
+        out.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        if run is model:
+            eager_out, eager_grads = out.detach(), grads
+    torch.testing.assert_close(out.detach(), eager_out, rtol=1e-4, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-5, msg=name)

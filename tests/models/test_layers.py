@@ -71,6 +71,19 @@ def test_rope_table_and_rotation_match_diffusers_wan():
     torch.testing.assert_close(apply_rope(x, freqs), expected, rtol=0, atol=1e-5)
 
 
+def test_rope_real_arithmetic_path_used_under_torch_compile_matches(monkeypatch):
+    """Under torch.compile apply_rope rotates in real arithmetic (inductor has no complex kernels); the
+    branch is selected here by patching torch.compiler.is_compiling (compiling itself takes a minute)."""
+    grid, head_dim = (3, 4, 5), 12
+    freqs = rope_frequencies(grid, head_dim)
+    x = torch.randn(2, 60, 3, head_dim, generator=gen(3))
+    complex_path = apply_rope(x, freqs)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    real_path = apply_rope(x, freqs)
+    torch.testing.assert_close(real_path, complex_path, rtol=0, atol=1e-6)
+    assert not torch.equal(real_path, x)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     """q.k after rotation at grid positions p, r equals the one at p + s, r + s, for shifts on all axes."""
     grid, head_dim = (4, 5, 6), 24

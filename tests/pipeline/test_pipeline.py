@@ -37,10 +37,10 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def dit_config(image_to_video: bool = True, text_dim: int = DC) -> DiTConfig:
+def dit_config(image_to_video: bool = True, text_dim: int = DC, image_condition: str = "channels") -> DiTConfig:
     return DiTConfig(
         dim=32, num_layers=2, num_heads=2, ffn_dim=64, text_dim=text_dim, in_channels=4, out_channels=4,
-        image_to_video=image_to_video,
+        image_to_video=image_to_video, image_condition=image_condition,
     )  # fmt: skip
 
 
@@ -50,10 +50,11 @@ def make_text(dim: int = DC) -> PrecomputedText:
 
 
 def make_wm(
-    *, image_to_video: bool = True, seed: int = 0, text_encoder: str = "none", text=None, text_dim: int = DC
+    *, image_to_video: bool = True, seed: int = 0, text_encoder: str = "none", text=None, text_dim: int = DC,
+    image_condition: str = "channels",
 ) -> WorldModel:
     vae = CausalVAE(VAE_CFG, generator=gen(seed))
-    dit = VideoDiT(dit_config(image_to_video, text_dim), generator=gen(seed + 1))
+    dit = VideoDiT(dit_config(image_to_video, text_dim, image_condition), generator=gen(seed + 1))
     nn.init.normal_(dit.head.weight, std=0.3, generator=gen(seed + 2))
     null = NullText(LC, text_dim)
     nn.init.normal_(null.embedding, std=1.0, generator=gen(seed + 3))
@@ -188,6 +189,25 @@ def test_gradient_guidance_with_a_pixel_cost_moves_brightness(wm):
     assert darker < base - 0.02 and brighter > base + 0.02, (darker, base, brighter)
     with pytest.raises(TypeError, match="guidance must be a sequence"):
         wm.generate(PROMPTS[0], frame(0), guidance=GradientGuidance(wm.pixel_cost(brightness), 1.0))
+
+
+def test_token_layout_keeps_the_given_first_latent_under_cfg_controls_and_guidance():
+    """"tokens" I2V layout: latent frame 0 of every sample is the encoded first frame, bit-exactly, whatever
+    else acts on the velocity (CFG, a control, gradient guidance); the later frames depend on the frame."""
+    wm = make_wm(image_condition="tokens")
+    given = wm.encode_first_frame(frame(0))  # (1, C, H', W')
+
+    def darkness(pixels):
+        return pixels.mean(dim=(1, 2, 3, 4))
+
+    adapter = ScaledAdapter(wm.dit.config)
+    kw = {"seed": 3, "steps": 3, "batch_size": 2}
+    for extra in ({}, {"cfg_scale": 3.0}, {"controls": [Control(adapter, 1.0)]},
+                  {"guidance": [GradientGuidance(wm.pixel_cost(darkness), 20.0, normalize=True)]}):  # fmt: skip
+        video = wm.generate(PROMPTS[0], frame(0), **kw, **extra)
+        assert torch.equal(video.latents[:, :, 0], given.expand(2, -1, -1, -1)), extra
+    other = wm.generate(PROMPTS[0], frame(1), **kw)
+    assert not torch.allclose(other.latents[:, :, 1:], wm.generate(PROMPTS[0], frame(0), **kw).latents[:, :, 1:])
 
 
 def test_callback_and_solver_options(wm):

@@ -14,6 +14,9 @@ The issue's claims, each proven here:
   process.
 - A run SIGKILLed mid-training and rerun with ``--resume`` ends with model, EMA and optimizer tensors identical
   to an uninterrupted run's, and its metrics.jsonl has every step once.
+- The "tokens" image-to-video layout trains and generates from the given first latent; ``train_adapter``
+  trains only the adapter (the backbone's weights never move), validates with and without the control,
+  exports a loadable adapter and resumes exactly.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from controls.base import ControlAdapter
+from controls.controlnet import DepthAdapter
+from controls.tracks import TrackAdapter
 from physics.rigid import RigidConfig
 from physics.scenes import SceneConfig
 from physics.worlds import WorldConfig, WorldDataset, generate_dataset
@@ -45,8 +51,9 @@ from wmgen.models.dit import DiTConfig
 from wmgen.models.text import TextEncoder, _pad
 from wmgen.models.vae import CausalVAE, VAEConfig
 from wmgen.pipeline import WorldModel
+from wmgen.train.adapter import AdapterTrainConfig, train_adapter
 from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
-from wmgen.train.flow import FlowTrainConfig, encode_latents, train_flow
+from wmgen.train.flow import FlowTrainConfig, encode_latents, train_flow, velocity_error
 from wmgen.train.vae import VAETrainConfig, train_vae
 
 RES, FRAMES, LC = 16, 5, 8  # pixels, frames per clip, text tokens
@@ -427,6 +434,98 @@ def test_kill_then_resume_is_bit_exact(data, tmp_path):
     exported = WorldModel.from_pretrained(run / "model").dit.state_dict()
     for key, value in WorldModel.from_pretrained(ref / "model").dit.state_dict().items():
         assert torch.equal(exported[key], value), key
+
+
+# --- image-to-video layouts and adapters ----------------------------------------------------------------
+
+
+def test_velocity_error_skips_the_pinned_frames():
+    g = torch.Generator().manual_seed(0)
+    x1, x0, v = (torch.randn(2, *LATENT, generator=g) for _ in range(3))
+    full = velocity_error(v, x1, x0)
+    torch.testing.assert_close(full, (v - (x1 - x0)).square().flatten(1).mean(1))
+    moved = v.clone()
+    moved[:, :, 0] += 10.0
+    assert torch.equal(velocity_error(moved, x1, x0, 1), velocity_error(v, x1, x0, 1))
+    torch.testing.assert_close(velocity_error(v, x1, x0, 1), (v - (x1 - x0))[:, :, 1:].square().flatten(1).mean(1))
+    assert not torch.allclose(velocity_error(moved, x1, x0), full)
+
+
+def tokens_flow_config(data, out, **loop) -> FlowTrainConfig:
+    return dataclasses.replace(flow_config(data, out, latents=True, **loop), image_condition="tokens")
+
+
+def test_train_flow_token_layout_generates_from_the_given_latent(data, tmp_path):
+    wm = WorldModel.from_pretrained(train_flow(tokens_flow_config(data, tmp_path / "tokens", steps=2)))
+    assert wm.dit.config.image_condition == "tokens" and wm.dit.config.patch_in_channels == LATENT[0]
+    first = WorldDataset(data.val)[0]
+    video = wm.generate(first["caption"], first["video"][:, 0], steps=2, seed=0)
+    assert torch.equal(video.latents[:, :, 0], wm.encode_first_frame(first["video"][:, 0]))
+    with pytest.raises(ValueError, match="image_dropout must be 0 with image_condition='tokens'"):
+        dataclasses.replace(tokens_flow_config(data, tmp_path / "x"), image_dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def backbones(data, tmp_path_factory) -> dict[str, Path]:
+    """Exported world models (2 flow steps) in both image-to-video layouts."""
+    root = tmp_path_factory.mktemp("backbones")
+    return {
+        "channels": train_flow(flow_config(data, root / "channels", latents=True, steps=2)),
+        "tokens": train_flow(tokens_flow_config(data, root / "tokens", steps=2)),
+    }
+
+
+def adapter_config(data, model: Path, out: Path, kind: str, **loop) -> AdapterTrainConfig:
+    return AdapterTrainConfig(
+        kind=kind, model=str(model), data=str(data.train), val_data=str(data.val), latents=str(data.latents),
+        val_latents=str(data.val_latents), out=str(out), num_blocks=1, id_dim=8, max_tracks=8, val_clips=4,
+        val_times=2, loop=LoopConfig(**{**LOOP, "val_every": 4, **loop}),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "layout", "cls"), [("tracks", "tokens", TrackAdapter), ("depth", "channels", DepthAdapter)]
+)
+def test_train_adapter_moves_only_the_adapter_and_exports_it(data, backbones, tmp_path, kind, layout, cls):
+    out = tmp_path / kind
+    path = train_adapter(adapter_config(data, backbones[layout], out, kind))
+    assert path == out / "adapter" and sorted(train_losses(out)) == [1, 2, 3, 4]
+    val = [m for m in read_metrics(out) if "val_loss" in m]
+    assert [m["step"] for m in val] == [4]
+    # the zero-initialised branch has learned something, so the control changes the prediction
+    assert val[0]["val_loss"] != val[0]["val_loss_nocontrol"]
+    state = tensors(out, 4)
+    adapter = ControlAdapter.from_pretrained(path)
+    assert type(adapter) is cls and adapter.kind == kind
+    # the backbone is frozen: only the adapter's parameters are optimised, averaged and checkpointed
+    trained = {f"adapter.{name}" for name, _ in adapter.named_parameters()}
+    assert set(state["model"]) == set(state["ema"]) == trained
+    for name, value in adapter.state_dict().items():  # the export holds the EMA weights
+        assert torch.equal(value, state["ema"][f"adapter.{name}"]), name
+
+
+def test_train_adapter_resumes_exactly_and_refuses_bad_settings(data, backbones, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    config = adapter_config(data, backbones["tokens"], ref, "tracks", val_every=0)
+    train_adapter(config)
+    # "killed" after the step-2 checkpoint: the run directory as it was then, plus steps 3-4 in the log
+    shutil.copytree(ref, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    shutil.rmtree(run / "adapter")
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"name": "step-00000002", "step": 2}))
+    train_adapter(dataclasses.replace(config, out=str(run)), resume=True)
+    assert train_losses(run) == train_losses(ref)
+    want, got = tensors(ref, 4), tensors(run, 4)
+    for name in CHECKPOINT_TENSORS:
+        for key, value in want[name].items():
+            assert torch.equal(got[name][key], value), f"{name}/{key}"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_adapter(config)
+    with pytest.raises(ValueError, match="fsdp"):
+        fsdp = LoopConfig(**{**LOOP, "parallel": "fsdp"})
+        train_adapter(dataclasses.replace(config, out=str(tmp_path / "f"), loop=fsdp))
+    with pytest.raises(ValueError, match="model must be given"):
+        train_adapter(dataclasses.replace(config, model=""))
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ frames (``image_latent``) and zeros after them; the M mask channels are 1 on tho
 Wan2.1-I2V itself also attends to CLIP image tokens and puts the VAE encoding of blank frames after the
 given one; neither is part of VideoDiT, so Wan2.1-I2V checkpoints do not load (``config_from_diffusers``
 says so).
+
+``DiTConfig.image_condition = "tokens"`` is the other layout, Wan2.2-TI2V's: no extra channels; the K given
+latent frames replace the first K frames of x, their tokens get time t = 1 (clean data) while the rest keep
+their t, and the predicted velocity is 0 on them (they are data already, so an ODE started with them keeps
+them bit-exactly). The given frames then reach the generated ones through self-attention at full token width,
+where the channel layout squeezes noisy x and the condition into one token (C + M + C inputs per patch).
+Training losses skip the given frames (``pinned_frames``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -101,8 +108,9 @@ class DiTConfig:
     qk_norm: bool = True  # RMS-normalise q and k across all heads before RoPE (Wan: True)
     eps: float = field(default=1e-6, metadata={"range": (1e-12, 1.0)})  # epsilon of every norm
     rope_theta: float = field(default=10000.0, metadata={"range": (1.0, None)})  # RoPE base (Su et al. 2021)
-    image_to_video: bool = False  # first-frame conditioning channels (Wan I2V layout, module docstring)
-    image_mask_channels: int = field(default=4, metadata={"range": (1, None)})  # mask channels M for I2V
+    image_to_video: bool = False  # first-frame conditioning (module docstring)
+    image_condition: Literal["channels", "tokens"] = "channels"  # I2V layout: Wan2.1 channels, Wan2.2 tokens
+    image_mask_channels: int = field(default=4, metadata={"range": (1, None)})  # mask channels M ("channels")
 
     def __post_init__(self) -> None:
         if isinstance(self.patch, list):  # JSON / YAML give lists; keep the config hashable
@@ -127,7 +135,7 @@ class DiTConfig:
     @property
     def patch_in_channels(self) -> int:
         """Channels the patch embedding sees: C, or C + M + C in image-to-video mode."""
-        if self.image_to_video:
+        if self.image_to_video and self.image_condition == "channels":
             return 2 * self.in_channels + self.image_mask_channels
         return self.in_channels
 
@@ -367,8 +375,31 @@ class VideoDiT(nn.Module):
                     f"image_latent must be [B, C, H', W'] or [B, C, K, H', W'] = [{B}, {C}, K, {H}, {W}] "
                     f"with 1 <= K <= {T}, got {tuple(image_latent.shape)}"
                 )
-            x = torch.cat([x, self._image_condition(image_latent, T)], dim=1)  # (B, C + M + C, T', H', W')
+            if c.image_condition == "channels":
+                x = torch.cat([x, self._image_condition(image_latent, T)], dim=1)  # (B, C + M + C, T', H', W')
+            else:
+                x, t = self._pin_frames(x, t, image_latent, grid)
         return x, t, grid
+
+    def pinned_frames(self, image_latent: Tensor | None) -> int:
+        """Latent frames K that ``forward`` holds fixed (v = 0): the given ones in "tokens" mode, else 0."""
+        if image_latent is None or self.config.image_condition != "tokens":
+            return 0
+        return 1 if image_latent.ndim == 4 else image_latent.shape[2]
+
+    def _pin_frames(
+        self, x: Tensor, t: Tensor, image_latent: Tensor, grid: tuple[int, int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """"tokens" layout: x with its first K frames replaced by the given ones, and per-token t [B, L] that
+        is 1 (clean) on their tokens."""
+        K, pt = image_latent.shape[2], self.config.patch[0]
+        if K % pt:
+            raise ValueError(f"image_latent must give a multiple of the temporal patch {pt} frames, got K = {K}")
+        x = torch.cat([image_latent.to(x.dtype), x[:, :, K:]], dim=2)  # (B, C, T', H', W')
+        _, h, w = grid
+        given = torch.arange(math.prod(grid), device=t.device) < (K // pt) * h * w  # (L,) tokens in (t h w) order
+        t = torch.where(given, torch.ones((), dtype=t.dtype, device=t.device), t)  # (B, L)
+        return x, t
 
     def _check_hints(self, hints: Mapping[int, Tensor] | None, B: int, L: int) -> dict[int, Tensor]:
         if hints is None:
@@ -429,7 +460,8 @@ class VideoDiT(nn.Module):
                 L = T'/pt * H'/ph * W'/pw in (t h w) order (e.g. clean conditioning frames at t = 1).
             context: [B, Lc, Dc] text tokens (Dc = text_dim); None skips cross-attention.
             image_latent: image-to-video models only: [B, C, H', W'] first latent frame, or
-                [B, C, K, H', W'] the first K latent frames (module docstring for the channel layout).
+                [B, C, K, H', W'] the first K latent frames (module docstring for the two layouts; in
+                "tokens" layout they replace x's first K frames and their velocity is 0).
             hints: {block_index: [B, L, D]} added to the output of that block (control adapters).
 
         Returns:
@@ -455,7 +487,11 @@ class VideoDiT(nn.Module):
             # 3. output head + unpatchify
             shift, scale = (self.head_modulation.unsqueeze(0) + e.t_emb.unsqueeze(2)).unbind(2)  # (B, 1|L, D)
             out = self.head(modulate(layer_norm_fp32(h, eps=c.eps), shift, scale))  # (B, L, pt*ph*pw*C_out)
-        return unpatchify(upcast(out), e.grid, c.patch).to(x.dtype)  # (B, C_out, T', H', W')
+        v = unpatchify(upcast(out), e.grid, c.patch).to(x.dtype)  # (B, C_out, T', H', W')
+        K = self.pinned_frames(image_latent)
+        if K:  # "tokens" layout: the given frames are data already
+            v = torch.cat([torch.zeros_like(v[:, :, :K]), v[:, :, K:]], dim=2)
+        return v
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 

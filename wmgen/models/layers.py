@@ -192,6 +192,13 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     B, L, H, Dh = x.shape
     if freqs.shape != (L, Dh // 2):
         raise ValueError(f"freqs must be [L, Dh/2] = [{L}, {Dh // 2}], got {tuple(freqs.shape)}")
+    if torch.compiler.is_compiling():
+        # Inductor generates no code for complex ops (it would fall back to eager kernels): the same rotation
+        # in real arithmetic, (a, b) -> (a cos - b sin, a sin + b cos), fuses into one elementwise kernel.
+        a, b = upcast(x).reshape(B, L, H, Dh // 2, 2).unbind(-1)  # 2 x [B, L, H, Dh / 2]
+        rot = torch.view_as_real(freqs)[:, None]  # (L, 1, Dh / 2, 2): cos, sin
+        cos, sin = rot[..., 0], rot[..., 1]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(3).to(x.dtype)
     xc = torch.view_as_complex(upcast(x).reshape(B, L, H, Dh // 2, 2))  # [B, L, H, Dh / 2] complex
     return torch.view_as_real(xc * freqs[:, None, :]).flatten(3).to(x.dtype)  # [B, L, H, Dh]
 

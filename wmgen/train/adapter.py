@@ -36,7 +36,7 @@ from wmgen.train.common import (
     example_generators,
     global_batch_indices,
 )
-from wmgen.train.flow import CaptionTable, LatentClips, _time_sampler
+from wmgen.train.flow import CaptionTable, LatentClips, _time_sampler, velocity_error
 
 __all__ = ["ADAPTER_KINDS", "AdapterModule", "AdapterTrainConfig", "build_adapter", "train_adapter"]
 
@@ -204,7 +204,7 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
             t = torch.cat([sampler.sample(1, generator=g) for g in gens]).to(d.device)  # (b,)
             tt = t.view(-1, 1, 1, 1, 1)
             v = trainer.model((1 - tt) * x0 + tt * x1, t, context, drop, image, control, keep)
-            return (v.float() - (x1 - x0)).square().mean(), {}
+            return velocity_error(v, x1, x0, world.dit.pinned_frames(image)).mean(), {}
 
         def ema_module() -> AdapterModule:
             model = copy.deepcopy(module)
@@ -228,9 +228,9 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
                     )
                     x_t = (1 - t_k) * x0 + t_k * x1
                     t = torch.full((len(idx),), t_k, device=d.device)
-                    target = x1 - x0
-                    with_c.append((model(x_t, t, context, drop, image, control) - target).square().flatten(1).mean(1))
-                    without.append((model(x_t, t, context, drop, image, None) - target).square().flatten(1).mean(1))
+                    k = world.dit.pinned_frames(image)
+                    with_c.append(velocity_error(model(x_t, t, context, drop, image, control), x1, x0, k))
+                    without.append(velocity_error(model(x_t, t, context, drop, image, None), x1, x0, k))
             return {"val_loss": torch.cat(with_c).mean().item(), "val_loss_nocontrol": torch.cat(without).mean().item()}
 
         def export() -> None:

@@ -45,7 +45,7 @@ from wmgen.train.common import (
     global_batch_indices,
 )
 
-__all__ = ["FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "train_flow"]
+__all__ = ["FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "train_flow", "velocity_error"]
 
 LATENTS_FILE = "latents.safetensors"
 LATENTS_META = "latents.json"
@@ -62,7 +62,9 @@ class FlowTrainConfig:
     vae: str = ""  # trained VAE directory (wmgen train vae): latent statistics and on-the-fly encoding
     out: str = "outputs/flow"  # run directory: checkpoints/, metrics.jsonl, model/ (the WorldModel)
     preset: str = "tiny"  # key of wmgen.models.dit.DIT_PRESETS
-    image_to_video: bool = True  # condition on the first frame (Wan I2V channels)
+    image_to_video: bool = True  # condition on the first frame
+    # how the DiT sees the first frame (wmgen.models.dit docstring): Wan2.1-I2V channels or Wan2.2-TI2V tokens
+    image_condition: Literal["channels", "tokens"] = "channels"
     text_encoder: str = "minilm"  # key of wmgen.models.text.TEXT_ENCODERS
     text_max_length: int = field(default=32, metadata={"range": (1, None)})  # caption tokens Lc
     text_dropout: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # P(caption -> null), for CFG
@@ -83,6 +85,11 @@ class FlowTrainConfig:
         validate(self)
         if self.preset not in DIT_PRESETS:
             raise ValueError(f"preset must be one of {sorted(DIT_PRESETS)}, got {self.preset!r}")
+        if self.image_condition == "tokens" and self.image_dropout > 0:
+            raise ValueError(
+                f"image_dropout must be 0 with image_condition='tokens' (the given frame is part of the clip, "
+                f"there is nothing to drop), got {self.image_dropout}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,6 +214,13 @@ class FlowModule(nn.Module):
         return self.dit(x_t, t, context=self.null_text(context, drop), image_latent=image_latent)
 
 
+def velocity_error(v: Tensor, x1: Tensor, x0: Tensor, pinned: int = 0) -> Tensor:
+    """Per-clip squared error [b] of the velocity v against the CondOT target x1 - x0, averaged over the latent
+    frames after the first ``pinned`` ones (``VideoDiT.pinned_frames``: given frames the model holds fixed)."""
+    error = v.float()[:, :, pinned:] - (x1 - x0)[:, :, pinned:]  # (b, C, T' - pinned, H', W')
+    return error.square().flatten(1).mean(1)
+
+
 def _time_sampler(config: FlowTrainConfig):
     base = LogitNormalTime() if config.time_sampler == "logit_normal" else UniformTime()
     return base if config.train_shift == 1.0 else ShiftedTime(config.train_shift, base)
@@ -247,7 +261,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
 
         dit_config = dataclasses.replace(
             DIT_PRESETS[config.preset], in_channels=vae.config.z_dim, out_channels=vae.config.z_dim,
-            text_dim=encoder.dim, image_to_video=config.image_to_video,
+            text_dim=encoder.dim, image_to_video=config.image_to_video, image_condition=config.image_condition,
         )
         dit = VideoDiT(dit_config, generator=torch.Generator().manual_seed(loop.seed))
         dit.gradient_checkpointing = config.gradient_checkpointing
@@ -284,7 +298,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
             tt = t.view(-1, 1, 1, 1, 1)
             x_t = (1 - tt) * x0 + tt * x1
             v = trainer.model(x_t, t, context, drop, image)
-            return (v.float() - (x1 - x0)).square().mean(), {}
+            return velocity_error(v, x1, x0, dit.pinned_frames(image)).mean(), {}
 
         def ema_module() -> FlowModule | None:
             """A fresh, unwrapped FlowModule holding the EMA weights on rank 0 (None elsewhere). Every rank must
@@ -313,7 +327,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
                     x_t = (1 - t_k) * x0 + t_k * x1
                     t = torch.full((len(idx),), t_k, device=d.device)
                     v = model(x_t, t, context, drop, image)
-                    losses.append((v - (x1 - x0)).square().flatten(1).mean(1))
+                    losses.append(velocity_error(v, x1, x0, dit.pinned_frames(image)))
                 per_t.append(torch.cat(losses).mean().item())
             return {"val_loss": sum(per_t) / len(per_t), "val_loss_t": [round(x, 5) for x in per_t]}
 
