@@ -97,6 +97,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{key}: expected int, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads exponents without a dot, 2e-4, as strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r}")
         return float(value)

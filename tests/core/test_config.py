@@ -40,6 +40,18 @@ def test_int_is_accepted_as_float_but_not_the_reverse():
         from_dict(Outer, {"inner": {"steps": 2.5}})
 
 
+def test_yaml_exponent_strings_are_floats(tmp_path):
+    """PyYAML reads 2e-4 (no dot) as a string; a float field takes it, anything else stays an error."""
+    p = tmp_path / "o.yaml"
+    p.write_text("lr: 2e-4\n")
+    assert load_config(Outer, p).lr == 2e-4
+    assert load_config(Outer, p, overrides={"ema": "5E-1"}).ema == 0.5
+    with pytest.raises(ConfigError, match="lr: expected float, got 'fast'"):
+        from_dict(Outer, {"lr": "fast"})
+    with pytest.raises(ConfigError, match="name: expected str, got 3"):
+        from_dict(Outer, {"name": 3})
+
+
 def test_unknown_key_names_the_key_and_lists_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown key inner\.stpes .*valid keys: method, steps"):
         from_dict(Outer, {"inner": {"stpes": 3}})
