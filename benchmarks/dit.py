@@ -13,7 +13,9 @@ Timed: forward under ``torch.no_grad`` and one training step (forward, MSE loss,
 training), with its own copy of the weights; compilation happens in the untimed warm-up calls.
 Calls alternate between the two models so machine noise hits both alike; the median of ``--repeats`` is
 reported. FLOP/s count the matmuls (projections, attention scores and values; backward = 2x forward) and are
-given as a fraction of this machine's fp32 matmul peak, measured in the same run with a large torch.mm.
+given as a fraction of this machine's fp32 matmul peak, measured in the same run with a large torch.mm before
+and after the timings; the larger of the two is the denominator (a momentary stall of the host shows up as a
+low peak, which would inflate every fraction).
 
 Run:  .venv/bin/python benchmarks/dit.py [--threads 2] [--repeats 7] [--compile] [--json out.json]
 """
@@ -99,7 +101,7 @@ def make_inputs(cfg: DiTConfig, latent: tuple[int, ...]):
 
 
 def run_case(
-    name: str, cfg: DiTConfig, latent: tuple[int, ...], repeats: int, peak: float, compile_: bool = False
+    name: str, cfg: DiTConfig, latent: tuple[int, ...], repeats: int, compile_: bool = False
 ) -> list[Row]:
     ours, theirs = build_pair(cfg)
     x, t, context, target = make_inputs(cfg, latent)
@@ -152,7 +154,7 @@ def run_case(
         for impl, ts in times.items():
             s = statistics.median(ts)
             gflops = flops[mode] / s / 1e9
-            rows.append(Row(name, params, math.prod(grid), impl, mode, s, gflops, gflops / peak))
+            rows.append(Row(name, params, math.prod(grid), impl, mode, s, gflops, math.nan))
     return rows
 
 
@@ -178,8 +180,10 @@ def main() -> None:
     rows: list[Row] = []
     for name in args.cases:
         cfg, latent = CASES[name]
-        rows += run_case(name, cfg, latent, args.repeats, peak, args.compile)
+        rows += run_case(name, cfg, latent, args.repeats, args.compile)
     peak_end = matmul_peak()
+    for r in rows:
+        r.peak_fraction = r.gflops / max(peak, peak_end)
     load_end = os.getloadavg()
 
     print()
@@ -193,7 +197,7 @@ def main() -> None:
             f"{r.s_per_step:.4f} | {ratio} | {r.gflops:.1f} | {100 * r.peak_fraction:.0f}% |"
         )
     print()
-    print(f"matmul peak again at the end: {peak_end:.1f} GFLOP/s (start {peak:.1f})")
+    print(f"matmul peak again at the end: {peak_end:.1f} GFLOP/s (start {peak:.1f}); fractions use the larger")
     print("load average at end (1, 5, 15 min): " + " ".join(f"{v:.2f}" for v in load_end))
     if args.json:
         with open(args.json, "w") as f:

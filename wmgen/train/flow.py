@@ -6,10 +6,12 @@ latents x1 [B, C, T', H', W'] of a clip, noise x0 ~ N(0, I) and t ~ p(t),
     x_t = (1 - t) x0 + t x1,        L = E |v_theta(x_t, t | text, first frame) - (x1 - x0)|^2
 
 Conditioning (the world-model setting "from this frame, what happens next"): the first latent frame x1[:, :, 0]
-is given to the image-to-video DiT (Wan I2V channel layout; the causal VAE encodes frame 0 alone, so it is
-exactly the first frame's latent), the caption's MiniLM tokens go to cross-attention. For classifier-free
-guidance the text is replaced by a learned null embedding with probability ``text_dropout`` and the first
-frame by zeros with probability ``image_dropout``.
+is given to the image-to-video DiT (the causal VAE encodes frame 0 alone, so it is exactly the first frame's
+latent), the caption's MiniLM tokens go to cross-attention. ``image_condition`` picks the DiT's layout
+(``wmgen.models.dit``): Wan2.1-I2V channels, or Wan2.2-TI2V tokens, where the given frame is clean frame 0 of
+x_t and the loss covers only the frames after it. For classifier-free guidance the text is replaced by a
+learned null embedding with probability ``text_dropout`` and (channel layout only) the first frame by zeros
+with probability ``image_dropout``.
 
 Latents come either from a pre-encoded directory (``wmgen data encode``: posterior mean and std per clip,
 sampled afresh every step) or are encoded on the fly from the world dataset. Validation: the same loss on
