@@ -61,7 +61,9 @@ def test_wan_shapes_on_meta():
         assert wan.decode(post.mean).shape == (1, 3, 81, 480, 832)
 
 
-@pytest.mark.parametrize(("preset", "latent"), [("tiny", (16, 5, 8, 8)), ("tiny-s4", (16, 5, 16, 16))])
+@pytest.mark.parametrize(
+    ("preset", "latent"), [("tiny", (16, 5, 8, 8)), ("tiny-s4", (16, 5, 16, 16)), ("small-s4", (16, 5, 16, 16))]
+)
 def test_tiny_presets_on_meta(preset, latent):
     """The tiny recipes' 64x64 x 17-frame clips: 8x spatial (48x compression) and 4x spatial (12x)."""
     with torch.device("meta"):

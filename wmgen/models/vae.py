@@ -542,6 +542,10 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     # tiny recipe's choice: 12x compression keeps the rendered worlds' checkerboard floors (8x: 48x loses them)
     "tiny-s4": VAEConfig(z_dim=16, base_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1,
                          temporal_downsample=(True, True)),
+    # the same shapes at twice the width (~4x the compute): more reconstruction headroom over the
+    # copy-first-frame baseline than tiny-s4's 21.9 dB (BENCHMARKS.md "Tiny world model")
+    "small-s4": VAEConfig(z_dim=16, base_dim=32, dim_mult=(1, 2, 4), num_res_blocks=1,
+                          temporal_downsample=(True, True)),
     # Wan2.1's VAE shapes: 4x temporal, 8x spatial, 16 latent channels
     "wan2.1": VAEConfig(z_dim=16, base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2,
                         temporal_downsample=(False, True, True)),
