@@ -212,6 +212,22 @@ def train_adapter(
     _train("adapter", config, set_, resume, quiet, section=section)
 
 
+@train_app.command("export")
+def train_export(
+    run: Annotated[Path, typer.Argument(help="Run directory of `wmgen train flow` (its `out`).")],
+    out: Annotated[Path, typer.Option(help="WorldModel directory to write.")],
+    step: Annotated[int | None, typer.Option(min=1, help="Checkpoint step (default: the newest).")] = None,
+) -> None:
+    """Export a checkpoint of a flow run (EMA weights) as a WorldModel, e.g. to evaluate it part-way."""
+    from wmgen.train.flow import export_checkpoint
+
+    try:
+        path = export_checkpoint(run, out, step=step)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
 @data_app.command("encode")
 def data_encode(
     data: Annotated[Path, typer.Option(help="World dataset directory.")],

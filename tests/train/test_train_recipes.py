@@ -53,7 +53,7 @@ from wmgen.models.vae import CausalVAE, VAEConfig
 from wmgen.pipeline import WorldModel
 from wmgen.train.adapter import AdapterTrainConfig, train_adapter
 from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
-from wmgen.train.flow import FlowTrainConfig, encode_latents, train_flow, velocity_error
+from wmgen.train.flow import FlowTrainConfig, encode_latents, export_checkpoint, train_flow, velocity_error
 from wmgen.train.vae import VAETrainConfig, train_vae
 
 RES, FRAMES, LC = 16, 5, 8  # pixels, frames per clip, text tokens
@@ -434,6 +434,30 @@ def test_kill_then_resume_is_bit_exact(data, tmp_path):
     exported = WorldModel.from_pretrained(run / "model").dit.state_dict()
     for key, value in WorldModel.from_pretrained(ref / "model").dit.state_dict().items():
         assert torch.equal(exported[key], value), key
+
+
+def test_export_checkpoint_writes_the_world_model_of_any_step(data, tmp_path):
+    run = tmp_path / "run"
+    train_flow(flow_config(data, run, latents=True))  # 4 steps, checkpoints at 2 and 4
+    final = WorldModel.from_pretrained(run / "model").dit.state_dict()
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "export", str(run), "--out", str(tmp_path / "latest")])
+    assert result.exit_code == 0, result.output
+    for name, value in WorldModel.from_pretrained(tmp_path / "latest").dit.state_dict().items():
+        assert torch.equal(value, final[name]), name  # the newest checkpoint = the run's own export
+    mid = WorldModel.from_pretrained(export_checkpoint(run, tmp_path / "mid", step=2))
+    ema = tensors(run, 2)["ema"]
+    for name, value in mid.dit.state_dict().items():
+        assert torch.equal(value, ema[f"dit.{name}"]), name
+    assert torch.equal(mid.null_text.embedding, ema["null_text.embedding"])
+    assert not torch.equal(mid.dit.head.weight, final["head.weight"])
+    assert mid.config == WorldModel.from_pretrained(run / "model").config
+    with pytest.raises(ValueError, match=r"step = 3: .* \[2, 4\]"):
+        export_checkpoint(run, tmp_path / "x", step=3)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        export_checkpoint(tmp_path / "nothing", tmp_path / "x")
+    bad = runner.invoke(app, ["train", "export", str(run), "--out", str(tmp_path / "x"), "--step", "3"])
+    assert bad.exit_code == 2 and "step = 3" in bad.output
 
 
 # --- image-to-video layouts and adapters ----------------------------------------------------------------

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from wmgen.config import validate
+from wmgen.config import from_dict, validate
 from wmgen.flow.schedules import LogitNormalTime, ShiftedTime, UniformTime
 from wmgen.models.dit import DIT_PRESETS, VideoDiT
 from wmgen.models.text import NullText, make_text_encoder
@@ -45,9 +45,13 @@ from wmgen.train.common import (
     Trainer,
     example_generators,
     global_batch_indices,
+    latest_checkpoint,
 )
 
-__all__ = ["FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "train_flow", "velocity_error"]
+__all__ = [
+    "FlowModule", "FlowTrainConfig", "LatentClips", "encode_latents", "export_checkpoint", "train_flow",
+    "velocity_error",
+]  # fmt: skip
 
 LATENTS_FILE = "latents.safetensors"
 LATENTS_META = "latents.json"
@@ -248,10 +252,6 @@ class CaptionTable:
 
 def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
     """Train (or ``resume``) the DiT; returns the exported WorldModel directory ``<out>/model``."""
-    import dataclasses
-
-    from wmgen.pipeline import WorldModel, WorldModelConfig
-
     loop = config.loop
     out = Path(config.out)
     with Distributed() as d:
@@ -261,10 +261,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
         encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
         captions = CaptionTable(train.captions + val.captions, encoder, progress=loop.progress and d.is_main)
 
-        dit_config = dataclasses.replace(
-            DIT_PRESETS[config.preset], in_channels=vae.config.z_dim, out_channels=vae.config.z_dim,
-            text_dim=encoder.dim, image_to_video=config.image_to_video, image_condition=config.image_condition,
-        )
+        dit_config = _dit_config(config, vae, encoder)
         dit = VideoDiT(dit_config, generator=torch.Generator().manual_seed(loop.seed))
         dit.gradient_checkpointing = config.gradient_checkpointing
         module = FlowModule(dit, NullText(config.text_max_length, encoder.dim)).to(d.device)
@@ -337,19 +334,61 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
             model = ema_module()
             if model is None:
                 return
-            wm_config = WorldModelConfig(
-                text_encoder=config.text_encoder, text_max_length=config.text_max_length,
-                steps=config.sample_steps, shift=config.sample_shift, cfg_scale=config.cfg_scale,
-                **_video_shape(config, train),
-            )
-            world = WorldModel(vae, model.dit, null_text=model.null_text, config=wm_config, text_encoder=encoder)
-            world.save_pretrained(out / "model")
+            _world_model(config, vae, model, encoder).save_pretrained(out / "model")
 
         trainer.fit(loss_fn, validate=validate_fn, export=export)
     return out / "model"
 
 
-def _video_shape(config: FlowTrainConfig, clips: LatentClips) -> dict[str, Any]:
+def _dit_config(config: FlowTrainConfig, vae: CausalVAE, encoder) -> Any:
+    """The run's DiTConfig: the preset with the VAE's channels, the encoder's width and the I2V layout."""
+    import dataclasses
+
+    return dataclasses.replace(
+        DIT_PRESETS[config.preset], in_channels=vae.config.z_dim, out_channels=vae.config.z_dim,
+        text_dim=encoder.dim, image_to_video=config.image_to_video, image_condition=config.image_condition,
+    )  # fmt: skip
+
+
+def _world_model(config: FlowTrainConfig, vae: CausalVAE, module: FlowModule, encoder) -> Any:
+    """The exported WorldModel of a run: its VAE, the trained DiT and null text, the sampling defaults."""
+    from wmgen.pipeline import WorldModel, WorldModelConfig
+
+    wm_config = WorldModelConfig(
+        text_encoder=config.text_encoder, text_max_length=config.text_max_length, steps=config.sample_steps,
+        shift=config.sample_shift, cfg_scale=config.cfg_scale, **_video_shape(config),
+    )  # fmt: skip
+    return WorldModel(vae, module.dit, null_text=module.null_text, config=wm_config, text_encoder=encoder)
+
+
+def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None) -> Path:
+    """Export one checkpoint of a `wmgen train flow` run as a WorldModel in ``out`` (``wmgen train export``).
+
+    The checkpoint's EMA weights are exported (its current weights when the run kept no EMA), as the run's own
+    export does after its last step; use it to evaluate a run part-way. ``step``: which checkpoint (default: the
+    newest). The run's config (from the checkpoint) names the VAE and text encoder, which must still be there.
+    """
+    run, out = Path(run), Path(out)
+    if step is None:
+        ckpt = latest_checkpoint(run)
+        if ckpt is None:
+            raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({run / 'checkpoints'} / latest.json)")
+    else:
+        ckpt = run / "checkpoints" / f"step-{step:08d}"
+        if not (ckpt / "state.json").is_file():
+            have = sorted(int(c.name[5:]) for c in run.glob("checkpoints/step-*") if (c / "state.json").is_file())
+            raise ValueError(f"step = {step}: {run} has no complete checkpoint of that step (it has {have})")
+    state = json.loads((ckpt / "state.json").read_text())
+    config = from_dict(FlowTrainConfig, state["config"])
+    vae = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
+    encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
+    module = FlowModule(VideoDiT(_dit_config(config, vae, encoder)), NullText(config.text_max_length, encoder.dim))
+    weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
+    module.load_state_dict(load_file(weights))
+    return _world_model(config, vae, module.eval(), encoder).save_pretrained(out)
+
+
+def _video_shape(config: FlowTrainConfig) -> dict[str, Any]:
     """resolution, num_frames and fps of the training clips, for the exported WorldModel."""
     from physics.worlds import WorldDataset
 
