@@ -719,7 +719,7 @@ class WorldModel(nn.Module):
             v_uncond = self.velocity_fn(context=null, image_latent=image_latent, controls=controls, branch="uncond")
             v = cfg(v, v_uncond, cfg_scale)
         v = guide(v, *guidance)
-        if pinned:  # guidance must not move the given frame either
+        if pinned and guidance:  # the DiT holds the given frame (v = 0 there); a guidance cost could move it
             v = _hold_frames(v, pinned)
 
         # 5. solve from t = 0 (noise) to t = 1 (data)

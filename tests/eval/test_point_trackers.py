@@ -352,22 +352,29 @@ def test_color_in_plane_rotation_needs_a_rotating_model():
     assert epe["translation"] > 2.0, epe
 
 
+def red_blue_red(size: int, blue_start, blue_velocity, red_b_start, T: int = 9):
+    """Three moving discs over 9 frames: red a (from (7, 10) at (2.5, 0.5) px/frame), a blue one and red b
+    (moving at (-2, 0)), with 4 queries on each at frame 0. Returns video, queries [1, 12, 3], truth [T, 12, 2]
+    (red a's points first, then blue's, then red b's) and red b's centre [T, 2]."""
+    steps = torch.arange(T).float()[:, None]
+    red_a = torch.tensor([7.0, 10.0]) + steps * torch.tensor([2.5, 0.5])
+    blue = torch.tensor(blue_start) + steps * torch.tensor(blue_velocity)
+    red_b = torch.tensor(red_b_start) + steps * torch.tensor([-2.0, 0.0])
+    video = disc_video(T, size, [(RED, 4.5, red_a, None), (BLUE, 4.0, blue, None), (RED, 4.5, red_b, None)])
+    parts = [on_disc(c, OFFSETS[:4] * 0.8) for c in (red_a, blue, red_b)]
+    queries = torch.cat([q for q, _ in parts], 1)  # (1, 12, 3)
+    truth = torch.cat([tr for _, tr in parts], 1)  # (T, 12, 2)
+    return video, queries, truth, red_b
+
+
 @pytest.mark.parametrize("motion", ["translation", "sphere"])
 def test_color_each_point_follows_its_own_disc(motion):
     """A red disc passing a blue one within half a pixel, and a second red disc: colour keeps red and blue
     apart, position the two red discs. Measured mean EPE per disc 0.05-0.06 px with translation; the sphere
     model also turns the small (r = 4 px) discs a little where their fine texture misleads it (0.17-0.47 px,
     max 1.4)."""
-    T, size = 9, 44
-    steps = torch.arange(T).float()[:, None]
-    red_a = torch.tensor([7.0, 10.0]) + steps * torch.tensor([2.5, 0.5])
-    blue = torch.tensor([22.0, 31.0]) + steps * torch.tensor([0.0, -1.5])  # 9 px from red a at frame 6: radii 8.5
-    red_b = torch.tensor([32.0, 38.0]) + steps * torch.tensor([-2.0, 0.0])
-    video = disc_video(T, size, [(RED, 4.5, red_a, None), (BLUE, 4.0, blue, None), (RED, 4.5, red_b, None)])
-    offsets = OFFSETS[:4] * 0.8
-    parts = [on_disc(c, offsets) for c in (red_a, blue, red_b)]
-    queries = torch.cat([q for q, _ in parts], 1)  # (1, 12, 3)
-    truth = torch.cat([tr for _, tr in parts], 1)  # (T, 12, 2)
+    # blue passes 9 px from red a at frame 6 (radii 8.5)
+    video, queries, truth, _ = red_blue_red(44, [22.0, 31.0], [0.0, -1.5], [32.0, 38.0])
     tracks, visible = ColorObjectTracker(motion=motion).track(video, queries)
     assert bool(visible.all())
     err = (tracks[0] - truth).norm(dim=-1)  # (T, 12)
@@ -383,16 +390,7 @@ def test_color_object_passing_under_another_is_not_lost():
     """A red disc passes under a blue one (mostly covered in frames 4-5). Its points stay with it (measured
     per-frame mean EPE up to 2.6 px while covered and after: the chain keeps what it misjudged under cover),
     never jump to the other red disc, and the discs on top are unaffected (< 0.5 px)."""
-    T, size = 9, 40
-    steps = torch.arange(T).float()[:, None]
-    red_a = torch.tensor([7.0, 10.0]) + steps * torch.tensor([2.5, 0.5])
-    blue = torch.tensor([20.0, 4.0]) + steps * torch.tensor([0.0, 2.0])
-    red_b = torch.tensor([32.0, 31.0]) + steps * torch.tensor([-2.0, 0.0])
-    video = disc_video(T, size, [(RED, 4.5, red_a, None), (BLUE, 4.0, blue, None), (RED, 4.5, red_b, None)])
-    offsets = OFFSETS[:4] * 0.8
-    parts = [on_disc(c, offsets) for c in (red_a, blue, red_b)]
-    queries = torch.cat([q for q, _ in parts], 1)  # (1, 12, 3)
-    truth = torch.cat([tr for _, tr in parts], 1)  # (T, 12, 2)
+    video, queries, truth, red_b = red_blue_red(40, [20.0, 4.0], [0.0, 2.0], [32.0, 31.0])
     tracks, visible = ColorObjectTracker().track(video, queries)
     err = (tracks[0] - truth).norm(dim=-1)  # (T, 12)
     assert float(err[:3, :4].max()) < 1.0  # before the blue disc arrives

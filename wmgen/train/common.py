@@ -57,6 +57,7 @@ __all__ = [
     "lr_at",
     "rank_slice",
     "read_metrics",
+    "step_checkpoint",
     "step_generator",
 ]
 
@@ -279,6 +280,21 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> di
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def step_checkpoint(out_dir: str | os.PathLike, step: int) -> Path:
+    """The directory of a run's complete checkpoint of ``step``; ValueError listing the steps it has otherwise
+    (``loop.keep_checkpoints`` prunes old ones)."""
+    root = Path(out_dir) / CHECKPOINTS
+    path = root / _checkpoint_name(step)
+    if not (path / "state.json").is_file():
+        have = sorted(int(c.name[5:]) for c in root.glob("step-*") if (c / "state.json").is_file())
+        raise ValueError(f"step = {step}: {out_dir} has no complete checkpoint of that step (it has {have})")
+    return path
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The directory of the newest complete checkpoint of a run, or None."""
     pointer = Path(out_dir) / CHECKPOINTS / LATEST
@@ -414,9 +430,9 @@ class Trainer:
         optim = self._optimizer_state()  # every rank takes part; with cpu_offload only rank 0 receives it ({})
         ema = self.ema.state_dict() if self.ema is not None else {}
         root = self.out / CHECKPOINTS
-        final = root / f"step-{self.step:08d}"
+        final = root / _checkpoint_name(self.step)
         if self.dist.is_main:
-            tmp = root / f".tmp-step-{self.step:08d}"
+            tmp = root / f".tmp-{final.name}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             optim_tensors, optim_meta = _flatten_optimizer(optim)

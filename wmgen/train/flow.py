@@ -21,6 +21,7 @@ weights. Export: a ``wmgen.pipeline.WorldModel`` (VAE + EMA DiT + null text) in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from wmgen.train.common import (
     example_generators,
     global_batch_indices,
     latest_checkpoint,
+    step_checkpoint,
 )
 
 __all__ = [
@@ -223,7 +225,7 @@ class FlowModule(nn.Module):
 def velocity_error(v: Tensor, x1: Tensor, x0: Tensor, pinned: int = 0) -> Tensor:
     """Per-clip squared error [b] of the velocity v against the CondOT target x1 - x0, averaged over the latent
     frames after the first ``pinned`` ones (``VideoDiT.pinned_frames``: given frames the model holds fixed)."""
-    error = v.float()[:, :, pinned:] - (x1 - x0)[:, :, pinned:]  # (b, C, T' - pinned, H', W')
+    error = v.float()[:, :, pinned:] - (x1[:, :, pinned:] - x0[:, :, pinned:])  # (b, C, T' - pinned, H', W')
     return error.square().flatten(1).mean(1)
 
 
@@ -342,8 +344,6 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
 
 def _dit_config(config: FlowTrainConfig, vae: CausalVAE, encoder) -> Any:
     """The run's DiTConfig: the preset with the VAE's channels, the encoder's width and the I2V layout."""
-    import dataclasses
-
     return dataclasses.replace(
         DIT_PRESETS[config.preset], in_channels=vae.config.z_dim, out_channels=vae.config.z_dim,
         text_dim=encoder.dim, image_to_video=config.image_to_video, image_condition=config.image_condition,
@@ -368,16 +368,9 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: i
     export does after its last step; use it to evaluate a run part-way. ``step``: which checkpoint (default: the
     newest). The run's config (from the checkpoint) names the VAE and text encoder, which must still be there.
     """
-    run, out = Path(run), Path(out)
-    if step is None:
-        ckpt = latest_checkpoint(run)
-        if ckpt is None:
-            raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({run / 'checkpoints'} / latest.json)")
-    else:
-        ckpt = run / "checkpoints" / f"step-{step:08d}"
-        if not (ckpt / "state.json").is_file():
-            have = sorted(int(c.name[5:]) for c in run.glob("checkpoints/step-*") if (c / "state.json").is_file())
-            raise ValueError(f"step = {step}: {run} has no complete checkpoint of that step (it has {have})")
+    ckpt = latest_checkpoint(run) if step is None else step_checkpoint(run, step)
+    if ckpt is None:
+        raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({Path(run) / 'checkpoints'} / latest.json)")
     state = json.loads((ckpt / "state.json").read_text())
     config = from_dict(FlowTrainConfig, state["config"])
     vae = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
