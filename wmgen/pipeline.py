@@ -9,6 +9,11 @@
           v_branch(x, t) = dit(x, t, context, image_latent, hints=compose_hints(controls, dit.embed(x, t, ...)))
     latents --denormalise, VAE decode, clamp to [-1, 1]--> pixels [B, 3, T, H, W]  -> Video
 
+Still-residual models (``config.residual_scale``, ``wmgen.models.still``) encode the first frame held still,
+still [B, C, T', H', W'] (image_latent = its frame 0); their DiT sees and predicts y = to_residual(x, still, r),
+and ``velocity_fn`` maps it back, so the noise, the solver, guidance costs and the returned latents all stay in
+latent space.
+
 Everything between the noise and the latents is a velocity function (DESIGN.md §3): CFG and gradient guidance
 wrap it, the solver only integrates it. ``WorldModel.velocity_fn`` is that function for one branch, so a user
 can build a custom sampler from the same pieces.
@@ -61,6 +66,7 @@ from wmgen.flow.guidance import VelocityFn, cfg, guide
 from wmgen.flow.schedules import time_grid
 from wmgen.flow.solvers import METHODS, integrate
 from wmgen.models.dit import VideoDiT
+from wmgen.models.still import from_residual, still_video, to_residual, velocity_to_latent
 from wmgen.models.text import TEXT_ENCODERS, NullText, TextEncoder, check_prompts, make_text_encoder
 from wmgen.models.vae import CausalVAE
 
@@ -112,6 +118,9 @@ class WorldModelConfig:
     shift: float = field(default=1.0, metadata={"range": (1e-6, None)})
     # default classifier-free guidance weight w (Ho & Salimans 2022); 1 = conditional model only, no 2nd branch
     cfg_scale: float = field(default=1.0, metadata={"range": (0.0, None)})
+    # what the DiT generates after the first frame: None = normalised latents; r [C] = their residual against the
+    # still video of the first frame divided by r (wmgen.models.still; `wmgen train flow` target still_residual)
+    residual_scale: tuple[float, ...] | None = field(default=None, metadata={"range": (1e-12, None)})
 
     def __post_init__(self) -> None:
         validate(self)
@@ -322,6 +331,14 @@ class WorldModel(nn.Module):
                 f"{(ph, pw)}, got {c.resolution}"
             )
         self._check_num_frames(c.num_frames, "config.num_frames")
+        if c.residual_scale is not None:
+            if len(c.residual_scale) != v.z_dim:
+                raise ValueError(
+                    f"config.residual_scale must have one value per latent channel (vae z_dim = {v.z_dim}), got "
+                    f"{len(c.residual_scale)}"
+                )
+            if not d.image_to_video:
+                raise ValueError("config.residual_scale needs an image-to-video dit (the still video is of the first frame)")
 
     def _check_num_frames(self, num_frames: Any, name: str = "num_frames") -> int:
         f, pt = self.vae.config.temporal_factor, self.dit.config.patch[0]
@@ -538,6 +555,23 @@ class WorldModel(nn.Module):
         z = self.vae.encode(x[:, :, None]).mode()  # (B, C, 1, H', W')
         return self.vae.normalize(z)[:, :, 0]  # (B, C, H', W')
 
+    def encode_still(self, first_frame: Any, num_frames: int | None = None) -> Tensor:
+        """Normalised latents (posterior mode) of the first frame held still for ``num_frames`` frames (default
+        config.num_frames): [B, C, T', H', W'] (``wmgen.models.still``); frame 0 is ``encode_first_frame``'s.
+
+        Args:
+            first_frame: as in ``encode_first_frame``.
+        """
+        T = self._check_num_frames(self.config.num_frames if num_frames is None else num_frames)
+        x = self._image_tensor(first_frame)  # (B, 3, H, W)
+        return self.vae.normalize(self.vae.encode(still_video(x, T).contiguous()).mode())
+
+    @property
+    def residual_scale(self) -> Tensor | None:
+        """r [C] of a still-residual model (``WorldModelConfig.residual_scale``), None for a plain-latent one."""
+        r = self.config.residual_scale
+        return None if r is None else torch.tensor(r, dtype=torch.float32, device=self.device)
+
     def encode_video(self, video: Tensor) -> Tensor:
         """Normalised latents (posterior mode) of pixels [B, 3, T, H, W] in [-1, 1]: [B, C, T', H', W']."""
         R = self.config.resolution
@@ -584,29 +618,43 @@ class WorldModel(nn.Module):
         image_latent: Tensor | None,
         controls: Sequence[Control] = (),
         branch: str = "cond",
+        still: Tensor | None = None,
     ) -> VelocityFn:
-        """The DiT's velocity for one CFG branch, with the controls' hints: ``(x [B, C, T', H', W'], t [B]) -> v``.
+        """The DiT's velocity for one CFG branch, with the controls' hints: ``(x [B, C, T', H', W'], t [B]) -> v``,
+        in normalised latent space.
 
         Args:
             context: [B, Lc, Dc] text tokens of this branch (prompt, negative prompt or null), or None.
             image_latent: [B, C, H', W'] normalised first-frame latent (image-to-video models), or None.
             controls: ``controls.base.Control`` s; their hints are summed (``compose_hints``).
             branch: "cond" or "uncond": on "uncond", controls with ``uncond=False`` are skipped.
+            still: [B, C, T', H', W'] latents of the still first frame (``encode_still``); required by, and only
+                by, still-residual models: the DiT then sees and predicts still-residual coordinates, mapped
+                back to latent space here (``wmgen.models.still``).
         """
         controls = _check_controls(controls)
         if branch not in ("cond", "uncond"):
             raise ValueError(f"branch must be 'cond' or 'uncond', got {branch!r}")
+        scale = self.residual_scale
+        if (scale is None) != (still is None):
+            raise ValueError(
+                "still must be given for a still-residual model (config.residual_scale set) and only for one: "
+                f"residual_scale is {'set' if scale is not None else 'None'}, still is "
+                f"{'given' if still is not None else 'None'}"
+            )
         dit = self.dit
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
+            y = x if still is None else to_residual(x, still, scale)  # (B, C, T', H', W'): the DiT's coordinates
             hints = None
             if controls:
                 # The adapters see the backbone's embeddings under the precision the backbone runs them in.
-                bf16 = dit.autocast_cuda and x.device.type == "cuda"
+                bf16 = dit.autocast_cuda and y.device.type == "cuda"
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16):
-                    emb = dit.embed(x, t, context=context, image_latent=image_latent)
+                    emb = dit.embed(y, t, context=context, image_latent=image_latent)
                     hints = compose_hints(controls, emb, t, branch=branch) or None
-            return dit(x, t, context=context, image_latent=image_latent, hints=hints)
+            v = dit(y, t, context=context, image_latent=image_latent, hints=hints)
+            return v if still is None else velocity_to_latent(v, scale)
 
         return velocity
 
@@ -687,7 +735,12 @@ class WorldModel(nn.Module):
             )
         if not self.image_to_video and first_frame is not None:
             raise ValueError("first_frame was given, but this is a text-to-video model (no first-frame conditioning)")
-        image_latent = self.encode_first_frame(first_frame) if first_frame is not None else None  # (1|B, C, H', W')
+        image_latent = still = None
+        if first_frame is not None and self.config.residual_scale is not None:
+            still = self.encode_still(first_frame, num_frames)  # (1|B, C, T', H', W')
+            image_latent = still[:, :, 0]  # (1|B, C, H', W'): the causal VAE encodes frame 0 alone
+        elif first_frame is not None:
+            image_latent = self.encode_first_frame(first_frame)  # (1|B, C, H', W')
 
         # 2. batch size, then text for both branches
         if image_latent is not None:
@@ -695,6 +748,8 @@ class WorldModel(nn.Module):
         B = _resolve_batch(batch_size, counts)
         if image_latent is not None:
             image_latent = image_latent.expand(B, -1, -1, -1)  # (B, C, H', W')
+        if still is not None:
+            still = still.expand(B, -1, -1, -1, -1)  # (B, C, T', H', W')
         context = self._encode_text(prompt, B, "prompt")  # (B, Lc, Dc)
         guided = cfg_scale != 1.0
         if negative_prompt is not None and not guided:
@@ -712,11 +767,14 @@ class WorldModel(nn.Module):
         pinned = self.dit.pinned_frames(image_latent)  # "tokens" I2V layout: frame 0 is the given latent
         if pinned:
             x0 = torch.cat([image_latent[:, :, None].to(x0.dtype), x0[:, :, pinned:]], dim=2)
+        if still is not None:  # the noise lives in the DiT's still-residual coordinates
+            x0 = from_residual(x0, still, self.residual_scale)
 
-        # 4. the velocity: conditional branch, CFG, then the guidance wrappers
-        v = self.velocity_fn(context=context, image_latent=image_latent, controls=controls, branch="cond")
+        # 4. the velocity (in latent space): conditional branch, CFG, then the guidance wrappers
+        branch = {"image_latent": image_latent, "controls": controls, "still": still}
+        v = self.velocity_fn(context=context, branch="cond", **branch)
         if guided:  # at w = 1 CFG is the conditional model: skip the second forward altogether
-            v_uncond = self.velocity_fn(context=null, image_latent=image_latent, controls=controls, branch="uncond")
+            v_uncond = self.velocity_fn(context=null, branch="uncond", **branch)
             v = cfg(v, v_uncond, cfg_scale)
         v = guide(v, *guidance)
         if pinned and guidance:  # the DiT holds the given frame (v = 0 there); a guidance cost could move it

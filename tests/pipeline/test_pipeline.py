@@ -51,7 +51,7 @@ def make_text(dim: int = DC) -> PrecomputedText:
 
 def make_wm(
     *, image_to_video: bool = True, seed: int = 0, text_encoder: str = "none", text=None, text_dim: int = DC,
-    image_condition: str = "channels",
+    image_condition: str = "channels", residual_scale: tuple[float, ...] | None = None,
 ) -> WorldModel:
     vae = CausalVAE(VAE_CFG, generator=gen(seed))
     dit = VideoDiT(dit_config(image_to_video, text_dim, image_condition), generator=gen(seed + 1))
@@ -59,7 +59,8 @@ def make_wm(
     null = NullText(LC, text_dim)
     nn.init.normal_(null.embedding, std=1.0, generator=gen(seed + 3))
     config = WorldModelConfig(
-        resolution=RES, num_frames=FRAMES, text_encoder=text_encoder, text_max_length=LC, steps=4, method="heun"
+        resolution=RES, num_frames=FRAMES, text_encoder=text_encoder, text_max_length=LC, steps=4, method="heun",
+        residual_scale=residual_scale,
     )
     text = make_text(text_dim) if text is None and text_encoder == "none" else text
     return WorldModel(vae, dit, null_text=null, config=config, text_encoder=text).eval()
@@ -208,6 +209,68 @@ def test_token_layout_keeps_the_given_first_latent_under_cfg_controls_and_guidan
         assert torch.equal(video.latents[:, :, 0], given.expand(2, -1, -1, -1)), extra
     other = wm.generate(PROMPTS[0], frame(1), **kw)
     assert not torch.allclose(other.latents[:, :, 1:], wm.generate(PROMPTS[0], frame(0), **kw).latents[:, :, 1:])
+
+
+SCALE = (0.5, 1.0, 2.0, 0.25)
+
+
+@pytest.mark.parametrize("layout", ["tokens", "channels"])
+def test_still_residual_model_integrates_the_dit_in_residual_coordinates(layout):
+    """A still-residual model's sample is the DiT's own ODE in y = to_residual(x) coordinates, started from
+    noise, mapped back to latents: checked against that ODE written out by hand (Euler, 3 steps)."""
+    wm = make_wm(image_condition=layout, residual_scale=SCALE)
+    r = torch.tensor(SCALE)
+    still = wm.encode_still(frame(0))  # (1, C, T', H', W')
+    assert still.shape == (1, *wm.latent_shape())
+    # causal: frame 0 is encoded alone (equal up to the convolutions' float order on a longer input)
+    torch.testing.assert_close(still[:, :, 0], wm.encode_first_frame(frame(0)), atol=1e-6, rtol=1e-5)
+    context = wm.text_encoder([PROMPTS[0]])
+    image = still[:, :, 0]
+    y = torch.randn((1, *wm.latent_shape()), generator=gen(3))  # generate's noise for seed 3
+    if layout == "tokens":
+        y[:, :, 0] = image
+    grid = time_grid(3, dtype=torch.float64)
+    with torch.no_grad():
+        for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
+            y = y + (t1 - t0).item() * wm.dit(y, torch.full((1,), t0.item()), context=context, image_latent=image)
+    expected = torch.cat([y[:, :, :1], still[:, :, 1:] + y[:, :, 1:] * r.view(1, -1, 1, 1, 1)], dim=2)
+    video = wm.generate(PROMPTS[0], frame(0), steps=3, method="euler", seed=3)
+    torch.testing.assert_close(video.latents, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_still_residual_model_that_predicts_no_change_returns_the_still_video(monkeypatch):
+    """If the DiT says nothing changes (it flows every residual to 0: v = -y / (1 - t)), the generated latents
+    after frame 0 are exactly the still video's, whatever the noise: static content needs no learning."""
+    wm = make_wm(image_condition="tokens", residual_scale=SCALE)
+
+    def no_change(x, t, **kwargs):
+        v = -x / (1 - t).view(-1, 1, 1, 1, 1)
+        v[:, :, 0] = 0  # the given frame is held
+        return v
+
+    monkeypatch.setattr(wm.dit, "forward", no_change)
+    still = wm.encode_still(frame(0))
+    for seed in (0, 1):
+        latents = wm.generate(PROMPTS[0], frame(0), steps=4, method="euler", seed=seed).latents
+        torch.testing.assert_close(latents, still, atol=1e-5, rtol=0)
+
+
+def test_still_residual_checks():
+    wm = make_wm(image_condition="tokens", residual_scale=SCALE)
+    with pytest.raises(ValueError, match="still must be given for a still-residual model"):
+        wm.velocity_fn(context=None, image_latent=None)
+    plain = make_wm(image_condition="tokens")
+    with pytest.raises(ValueError, match="still must be given .* and only for one"):
+        plain.velocity_fn(context=None, image_latent=None, still=torch.zeros(1, *plain.latent_shape()))
+    parts = {"null_text": wm.null_text, "text_encoder": wm.text_encoder}
+    bad = WorldModelConfig(resolution=RES, num_frames=FRAMES, text_max_length=LC, residual_scale=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"residual_scale must have one value per latent channel \(vae z_dim = 4\)"):
+        WorldModel(wm.vae, wm.dit, config=bad, **parts)
+    t2v = make_wm(image_to_video=False)
+    with pytest.raises(ValueError, match="residual_scale needs an image-to-video dit"):
+        WorldModel(t2v.vae, t2v.dit, config=wm.config, null_text=t2v.null_text, text_encoder=t2v.text_encoder)
+    with pytest.raises(ConfigError, match="residual_scale"):
+        WorldModelConfig(residual_scale=(1.0, 0.0, 1.0, 1.0))
 
 
 def test_callback_and_solver_options(wm):

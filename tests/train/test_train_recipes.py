@@ -36,7 +36,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from controls.base import ControlAdapter
@@ -268,6 +268,12 @@ def test_encode_latents_writes_posterior_of_every_clip(data, tmp_path):
         posterior = vae.encode(dataset[3]["video"][None])
     torch.testing.assert_close(latents["mean"][3].float(), posterior.mean[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(latents["std"][3].float(), posterior.std[0], atol=2e-3, rtol=2e-3)
+    # the still video of each clip's first frame (the still-residual target's reference)
+    assert latents["still"].shape == (16, *LATENT) and latents["still"].dtype == torch.float16
+    with torch.no_grad():
+        still = vae.encode(dataset[3]["video"][None, :, :1].expand(-1, -1, FRAMES, -1, -1).contiguous()).mean
+    torch.testing.assert_close(latents["still"][3].float(), still[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(latents["still"][3, :, 0], latents["mean"][3, :, 0], atol=2e-3, rtol=2e-3)
     # an existing out directory is refused and left alone
     with pytest.raises(FileExistsError, match="exists"):
         encode_latents(data.train, data.vae, data.latents, progress=False)
@@ -489,13 +495,54 @@ def test_train_flow_token_layout_generates_from_the_given_latent(data, tmp_path)
         dataclasses.replace(tokens_flow_config(data, tmp_path / "x"), image_dropout=0.1)
 
 
+def residual_flow_config(data, out, *, latents: bool = True, **loop) -> FlowTrainConfig:
+    base = flow_config(data, out, latents=latents, **loop)
+    return dataclasses.replace(base, image_condition="tokens", target="still_residual", residual_clips=12)
+
+
+@pytest.mark.parametrize("latents", [True, False], ids=["pre-encoded", "on-the-fly"])
+def test_still_residual_target_trains_on_residuals_and_exports_its_scale(data, tmp_path, latents):
+    run = tmp_path / "residual"
+    wm = WorldModel.from_pretrained(train_flow(residual_flow_config(data, run, latents=latents, steps=2)))
+    # the scale: the residual's per-channel std over the first residual_clips training clips (posterior means)
+    stored = load_file(data.latents / "latents.safetensors")
+    with torch.no_grad():
+        mean, still = wm.vae.normalize(stored["mean"][:12].float()), wm.vae.normalize(stored["still"][:12].float())
+    expected = (mean[:, :, 1:] - still[:, :, 1:]).transpose(0, 1).flatten(1).std(dim=1)
+    assert len(wm.config.residual_scale) == LATENT[0]
+    torch.testing.assert_close(torch.tensor(wm.config.residual_scale), expected, atol=2e-3, rtol=5e-3)
+    # the loss is taken in residual coordinates: step 1 differs from the plain-latent run on the same draws
+    plain = train_losses(train_flow(tokens_flow_config(data, tmp_path / "plain", steps=1)).parent)
+    assert train_losses(run)[1] != pytest.approx(plain[1], rel=1e-3)
+    first = WorldDataset(data.val)[0]
+    video = wm.generate(first["caption"], first["video"][:, 0], steps=2, seed=0)
+    assert torch.isfinite(video.pixels).all()
+    if latents:  # a part-way export measures the same scale
+        mid = WorldModel.from_pretrained(export_checkpoint(run, tmp_path / "mid", step=2))
+        assert mid.config.residual_scale == wm.config.residual_scale
+
+
+def test_still_residual_target_refusals(data, tmp_path):
+    with pytest.raises(ValueError, match="target = 'still_residual' needs image_to_video"):
+        dataclasses.replace(residual_flow_config(data, tmp_path / "x"), image_to_video=False)
+    old = tmp_path / "old-latents"  # latents written before the still video was stored
+    shutil.copytree(data.latents, old)
+    tensors_ = load_file(old / "latents.safetensors")
+    save_file({k: v for k, v in tensors_.items() if k != "still"}, old / "latents.safetensors")
+    config = dataclasses.replace(residual_flow_config(data, tmp_path / "y"), latents=str(old))
+    with pytest.raises(ValueError, match="hold no still-video latents.*encode them again"):
+        train_flow(config)
+    assert not (tmp_path / "y").exists()
+
+
 @pytest.fixture(scope="module")
 def backbones(data, tmp_path_factory) -> dict[str, Path]:
-    """Exported world models (2 flow steps) in both image-to-video layouts."""
+    """Exported world models (2 flow steps) in both image-to-video layouts, and a still-residual one."""
     root = tmp_path_factory.mktemp("backbones")
     return {
         "channels": train_flow(flow_config(data, root / "channels", latents=True, steps=2)),
         "tokens": train_flow(tokens_flow_config(data, root / "tokens", steps=2)),
+        "residual": train_flow(residual_flow_config(data, root / "residual", steps=2)),
     }
 
 
@@ -508,7 +555,8 @@ def adapter_config(data, model: Path, out: Path, kind: str, **loop) -> AdapterTr
 
 
 @pytest.mark.parametrize(
-    ("kind", "layout", "cls"), [("tracks", "tokens", TrackAdapter), ("depth", "channels", DepthAdapter)]
+    ("kind", "layout", "cls"),
+    [("tracks", "tokens", TrackAdapter), ("depth", "channels", DepthAdapter), ("tracks", "residual", TrackAdapter)],
 )
 def test_train_adapter_moves_only_the_adapter_and_exports_it(data, backbones, tmp_path, kind, layout, cls):
     out = tmp_path / kind
@@ -526,6 +574,17 @@ def test_train_adapter_moves_only_the_adapter_and_exports_it(data, backbones, tm
     assert set(state["model"]) == set(state["ema"]) == trained
     for name, value in adapter.state_dict().items():  # the export holds the EMA weights
         assert torch.equal(value, state["ema"][f"adapter.{name}"]), name
+
+
+def test_train_adapter_on_a_still_residual_backbone_trains_in_its_coordinates(data, backbones, tmp_path, monkeypatch):
+    from wmgen.train import flow
+
+    scales = []
+    use = flow.LatentClips.use_residual
+    monkeypatch.setattr(flow.LatentClips, "use_residual", lambda self, r: (scales.append(r), use(self, r))[1])
+    train_adapter(adapter_config(data, backbones["residual"], tmp_path / "a", "depth", steps=1))
+    expected = torch.tensor(WorldModel.from_pretrained(backbones["residual"]).config.residual_scale)
+    assert len(scales) == 2 and all(torch.equal(r, expected) for r in scales)  # training and validation clips
 
 
 def test_train_adapter_resumes_exactly_and_refuses_bad_settings(data, backbones, tmp_path):

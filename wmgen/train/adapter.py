@@ -13,7 +13,7 @@ or its instance masks (``controls.controlnet.MapControl.from_world``). With prob
 a sample gets no control (hints zeroed) so the adapted model keeps its unconditional behaviour.
 
 Latents come pre-encoded (``wmgen data encode`` of the same world dataset, checked by clip count) or are
-encoded on the fly. Validation reports the loss with the control and, on the same noise, without it: the gap
+encoded on the fly, in the backbone's coordinates (still residuals for a still-residual backbone). Validation reports the loss with the control and, on the same noise, without it: the gap
 is how much the adapter tells the model. Export: ``<out>/adapter`` (``ControlAdapter.save_pretrained``, EMA
 weights).
 """
@@ -167,6 +167,9 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
                     f"{name} ({len(clips)} clips) are not the latents of the first clips of the world dataset "
                     f"({len(dataset)} clips): encode them from the same dataset (wmgen data encode)"
                 )
+        if world.residual_scale is not None:  # the backbone generates still residuals: train in its coordinates
+            for clips in (train, val):
+                clips.use_residual(world.residual_scale.cpu())
         encoder = world.text_encoder
         captions = CaptionTable(train.captions + val.captions, encoder, progress=loop.progress and d.is_main)
         adapter = build_adapter(config, world, generator=torch.Generator().manual_seed(loop.seed))

@@ -13,6 +13,10 @@ x_t and the loss covers only the frames after it. For classifier-free guidance t
 learned null embedding with probability ``text_dropout`` and (channel layout only) the first frame by zeros
 with probability ``image_dropout``.
 
+``target`` = "still_residual" (image-to-video only) trains the flow on ``wmgen.models.still`` coordinates: the
+frames after the first are the residual against the latents of the first frame held still, divided by their
+per-channel std r measured on the first ``residual_clips`` training clips; r is exported with the model.
+
 Latents come either from a pre-encoded directory (``wmgen data encode``: posterior mean and std per clip,
 sampled afresh every step) or are encoded on the fly from the world dataset. Validation: the same loss on
 held-out clips at a fixed grid of times with fixed noise and no dropout (a deterministic curve), with the EMA
@@ -38,6 +42,7 @@ from tqdm.auto import tqdm
 from wmgen.config import from_dict, validate
 from wmgen.flow.schedules import LogitNormalTime, ShiftedTime, UniformTime
 from wmgen.models.dit import DIT_PRESETS, VideoDiT
+from wmgen.models.still import measure_residual_scale, still_video, to_residual
 from wmgen.models.text import NullText, make_text_encoder
 from wmgen.models.vae import CausalVAE
 from wmgen.train.common import (
@@ -73,6 +78,10 @@ class FlowTrainConfig:
     image_to_video: bool = True  # condition on the first frame
     # how the DiT sees the first frame (wmgen.models.dit docstring): Wan2.1-I2V channels or Wan2.2-TI2V tokens
     image_condition: Literal["channels", "tokens"] = "channels"
+    # what the flow generates after the first frame: plain latents, or their residual against the still video of
+    # the first frame (wmgen.models.still: static content is 0), scaled per channel to unit std on training data
+    target: Literal["latents", "still_residual"] = "latents"
+    residual_clips: int = field(default=512, metadata={"range": (1, None)})  # training clips measuring that scale
     text_encoder: str = "minilm"  # key of wmgen.models.text.TEXT_ENCODERS
     text_max_length: int = field(default=32, metadata={"range": (1, None)})  # caption tokens Lc
     text_dropout: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # P(caption -> null), for CFG
@@ -93,6 +102,8 @@ class FlowTrainConfig:
         validate(self)
         if self.preset not in DIT_PRESETS:
             raise ValueError(f"preset must be one of {sorted(DIT_PRESETS)}, got {self.preset!r}")
+        if self.target == "still_residual" and not self.image_to_video:
+            raise ValueError("target = 'still_residual' needs image_to_video = true (the still video is of the first frame)")
         if self.image_condition == "tokens" and self.image_dropout > 0:
             raise ValueError(
                 f"image_dropout must be 0 with image_condition='tokens' (the given frame is part of the clip, "
@@ -123,10 +134,10 @@ def encode_latents(
     progress: bool = True,
 ) -> Path:
     """Encode the clips of a world dataset (all, or the first ``num_clips``) with a trained VAE; write posterior
-    mean and std (fp16) + captions.
+    mean and std (fp16), the latents of each clip's still video (``wmgen.models.still``) + captions.
 
-    ``out`` gets ``latents.safetensors`` {"mean", "std": [N, C, T', H', W']} and ``latents.json`` (captions,
-    source paths); written into a temporary directory and renamed, so an interrupted run leaves nothing.
+    ``out`` gets ``latents.safetensors`` {"mean", "std", "still": [N, C, T', H', W']} and ``latents.json``
+    (captions, source paths); written into a temporary directory and renamed, so an interrupted run leaves nothing.
     """
     from physics.worlds import WorldDataset
 
@@ -138,16 +149,18 @@ def encode_latents(
     if not 1 <= total <= len(dataset):
         raise ValueError(f"num_clips must be in [1, {len(dataset)}] (the dataset's clips), got {num_clips}")
     model = CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json"), device=device).eval()
-    means, stds = [], []
+    means, stds, stills = [], [], []
     for start in tqdm(range(0, total, batch_size), disable=not progress, desc="encode"):
         video = torch.stack([dataset[i]["video"] for i in range(start, min(start + batch_size, total))])
         posterior = model.encode(video.to(device))
         means.append(posterior.mean.half().cpu())
         stds.append(posterior.std.half().cpu())
+        still = still_video(video[:, :, 0], video.shape[2]).to(device)  # (b, 3, T, H, W)
+        stills.append(model.encode(still).mean.half().cpu())
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({"mean": torch.cat(means), "std": torch.cat(stds)}, tmp / LATENTS_FILE)
+    save_file({"mean": torch.cat(means), "std": torch.cat(stds), "still": torch.cat(stills)}, tmp / LATENTS_FILE)
     meta = {
         "captions": [dataset.records[i]["caption"] for i in range(total)],
         "data": str(Path(data).resolve()),
@@ -159,21 +172,25 @@ def encode_latents(
 
 
 class LatentClips:
-    """Normalised training latents and captions of a dataset, pre-encoded or encoded on the fly.
+    """Training latents and captions of a dataset, pre-encoded or encoded on the fly, in flow coordinates.
 
     ``sample(indices, generator)`` draws z ~ q(z | clip) for each index and normalises it with the VAE's
     per-channel statistics: [b, C, T', H', W']. ``generator`` is one generator for the batch or one per index
     (``example_generators``: then a clip's noise does not depend on the other clips of its micro-batch).
+    After ``use_residual(scale)`` the frames after the first are returned as residuals against the clip's still
+    video (``wmgen.models.still``); ``measure_residual_scale`` gives that scale for a dataset.
     """
 
     def __init__(self, vae: CausalVAE, *, latents: str = "", data: str = "", device: torch.device):
         self.vae, self.device = vae, device
+        self.residual_scale: Tensor | None = None
         if latents:
             path = _check_dir(latents, "latents", LATENTS_FILE)
             tensors = load_file(path / LATENTS_FILE)
-            self.mean, self.std = tensors["mean"], tensors["std"]
+            self.mean, self.std, self.still = tensors["mean"], tensors["std"], tensors.get("still")
             self.captions = json.loads((path / LATENTS_META).read_text())["captions"]
             self.dataset = None
+            self.source = str(path)
             if self.mean.shape[1] != vae.config.z_dim:
                 raise ValueError(
                     f"latents in {path} have {self.mean.shape[1]} channels, the VAE z_dim is {vae.config.z_dim}"
@@ -183,26 +200,62 @@ class LatentClips:
 
             self.dataset = WorldDataset(data)
             self.captions = [r["caption"] for r in self.dataset.records]
+            self.still = None  # encoded on the fly
+            self.source = str(data)
         else:
             raise ValueError("give either a pre-encoded latents directory or a world dataset directory, got neither")
 
     def __len__(self) -> int:
         return len(self.captions)
 
+    def _require_still(self) -> None:
+        if self.dataset is None and self.still is None:
+            raise ValueError(
+                f"latents {self.source!r} hold no still-video latents, which target='still_residual' needs: encode "
+                f"them again with wmgen data encode (it writes them since that target exists)"
+            )
+
+    def use_residual(self, scale: Tensor) -> None:
+        """Return still-video residuals with per-channel scale [C] from now on (flows on ``to_residual``)."""
+        self._require_still()
+        self.residual_scale = scale.float().cpu()
+
+    @torch.no_grad()
+    def _posterior(self, indices: Tensor, still: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Posterior mean and std [b, C, T', H', W'] of the clips, and (if ``still``) their still video's mean."""
+        if self.dataset is None:
+            still_mean = self.still[indices].float() if still else None
+            return self.mean[indices].float(), self.std[indices].float(), still_mean
+        video = torch.stack([self.dataset[int(i)]["video"] for i in indices]).to(self.device)  # (b, 3, T, H, W)
+        posterior = self.vae.encode(video)
+        still_mean = None
+        if still:
+            still_mean = self.vae.encode(still_video(video[:, :, 0], video.shape[2]).contiguous()).mean.cpu()
+        return posterior.mean.cpu(), posterior.std.cpu(), still_mean
+
     @torch.no_grad()
     def sample(self, indices: Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
-        if self.dataset is None:
-            mean, std = self.mean[indices].float(), self.std[indices].float()  # (b, C, T', H', W')
-        else:
-            video = torch.stack([self.dataset[int(i)]["video"] for i in indices]).to(self.device)
-            posterior = self.vae.encode(video)
-            mean, std = posterior.mean.cpu(), posterior.std.cpu()
+        mean, std, still = self._posterior(indices, still=self.residual_scale is not None)
         if isinstance(generator, torch.Generator):
             eps = torch.randn(mean.shape, generator=generator)
         else:
             eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generator])  # (b, C, T', H', W')
-        z = mean + std * eps
-        return self.vae.normalize(z.to(self.device))
+        z = self.vae.normalize((mean + std * eps).to(self.device))  # (b, C, T', H', W')
+        if still is None:
+            return z
+        return to_residual(z, self.vae.normalize(still.to(self.device)), self.residual_scale)
+
+    @torch.no_grad()
+    def measure_residual_scale(self, num_clips: int = 512, batch: int = 64) -> Tensor:
+        """r [C] of the first ``num_clips`` clips (posterior means; ``wmgen.models.still.measure_residual_scale``)."""
+        self._require_still()
+        n = min(num_clips, len(self))
+        means, stills = [], []
+        for start in range(0, n, batch):
+            mean, _, still = self._posterior(torch.arange(start, min(start + batch, n)), still=True)
+            means.append(self.vae.normalize(mean.to(self.device)))
+            stills.append(self.vae.normalize(still.to(self.device)))
+        return measure_residual_scale(torch.cat(means), torch.cat(stills)).cpu()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,6 +313,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
         vae = CausalVAE.from_pretrained(_check_dir(config.vae, "vae", "config.json"), device=d.device).eval()
         train = LatentClips(vae, latents=config.latents, data=config.data, device=d.device)
         val = LatentClips(vae, latents=config.val_latents, data=config.val_data, device=d.device)
+        scale = _use_target(config, train, val)
         encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
         captions = CaptionTable(train.captions + val.captions, encoder, progress=loop.progress and d.is_main)
 
@@ -336,7 +390,7 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
             model = ema_module()
             if model is None:
                 return
-            _world_model(config, vae, model, encoder).save_pretrained(out / "model")
+            _world_model(config, vae, model, encoder, scale).save_pretrained(out / "model")
 
         trainer.fit(loss_fn, validate=validate_fn, export=export)
     return out / "model"
@@ -350,13 +404,29 @@ def _dit_config(config: FlowTrainConfig, vae: CausalVAE, encoder) -> Any:
     )  # fmt: skip
 
 
-def _world_model(config: FlowTrainConfig, vae: CausalVAE, module: FlowModule, encoder) -> Any:
-    """The exported WorldModel of a run: its VAE, the trained DiT and null text, the sampling defaults."""
+def _use_target(config: FlowTrainConfig, *clips: LatentClips) -> Tensor | None:
+    """The still-residual scale [C] measured on the first ``residual_clips`` of clips[0], set on all of ``clips``
+    (target 'still_residual'); None for plain latents. Deterministic: a resumed or exported run measures the
+    same scale."""
+    if config.target != "still_residual":
+        return None
+    scale = clips[0].measure_residual_scale(config.residual_clips)
+    for c in clips:
+        c.use_residual(scale)
+    return scale
+
+
+def _world_model(
+    config: FlowTrainConfig, vae: CausalVAE, module: FlowModule, encoder, scale: Tensor | None
+) -> Any:
+    """The exported WorldModel of a run: its VAE, the trained DiT and null text, the sampling defaults, and the
+    still-residual scale of its target (None: plain latents)."""
     from wmgen.pipeline import WorldModel, WorldModelConfig
 
     wm_config = WorldModelConfig(
         text_encoder=config.text_encoder, text_max_length=config.text_max_length, steps=config.sample_steps,
         shift=config.sample_shift, cfg_scale=config.cfg_scale, **_video_shape(config),
+        residual_scale=None if scale is None else tuple(float(r) for r in scale),  # exact float32 values
     )  # fmt: skip
     return WorldModel(vae, module.dit, null_text=module.null_text, config=wm_config, text_encoder=encoder)
 
@@ -378,7 +448,8 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: i
     module = FlowModule(VideoDiT(_dit_config(config, vae, encoder)), NullText(config.text_max_length, encoder.dim))
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
     module.load_state_dict(load_file(weights))
-    return _world_model(config, vae, module.eval(), encoder).save_pretrained(out)
+    scale = _use_target(config, LatentClips(vae, latents=config.latents, data=config.data, device=torch.device("cpu")))
+    return _world_model(config, vae, module.eval(), encoder, scale).save_pretrained(out)
 
 
 def _video_shape(config: FlowTrainConfig) -> dict[str, Any]:
