@@ -3,7 +3,9 @@
 From each clip's ground-truth first frame (and caption) the model generates the clip; reported: PSNR over frames
 1..T-1 of the generation vs copy-first-frame vs the VAE reconstruction (the latent ceiling), the fraction of clips
 where the generation beats the copy, and whether objects that fall in the simulation fall in the generation
-(tracked with a point tracker; the same tracker on the ground truth is the floor).
+(tracked with a point tracker; the same tracker on the ground truth is the floor). Twins calibrate the PSNR:
+another true future of each clip (the same first frame, redrawn velocities, spins, restitution and friction;
+``wmgen.eval.world.evaluate_twins``), as pixels and through the model's VAE -- what a perfect sampler scores.
 
 Run (after `wmgen train flow`):
 
@@ -27,6 +29,7 @@ from wmgen.eval.tracks import TRACKERS, make_tracker
 from wmgen.eval.world import (
     FALL_PX,
     add_generation_arguments,
+    evaluate_twins,
     evaluate_world_model,
     load_world_model,
     world_figures,
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", choices=sorted(TRACKERS), default="lk", help="point tracker of the motion check")
     p.add_argument("--fall-px", type=float, default=FALL_PX, help="mean downward motion (px) of a falling object")
     p.add_argument("--out", default="outputs/eval/world_model", help="output folder")
+    p.add_argument("--no-twins", action="store_true", help="skip the twins (another true future per clip, raw and "
+                   "through the VAE: what a perfect sampler scores)")
     add_generation_arguments(p)
     return p
 
@@ -59,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         keep_examples=args.examples,
     )  # fmt: skip
     examples = results.pop("examples", [])
+    if not args.no_twins:
+        results.update(evaluate_twins(WorldDataset(args.data), clips=args.clips, vae=world.vae, seed=args.seed))
     results["settings"].update(model=str(args.model), data=str(args.data), seconds=time.perf_counter() - start)
     out = Path(args.out)
     write_json(out / "results.json", results)

@@ -43,6 +43,7 @@ __all__ = [
     "make_shape",
     "object_name",
     "quat_to_matrix",
+    "redraw_motion",
     "sample_scene",
     "scene_seed",
 ]
@@ -772,3 +773,43 @@ def _verbs(obj: ObjectSpec, pts: Tensor, drag: Drag | None, scene: Scene, E: Ten
     elif verbs == ["falls"]:
         verbs.append("lands on the floor")
     return verbs[0] if len(verbs) == 1 else ", ".join(verbs[:-1]) + " and " + verbs[-1]
+
+
+def redraw_motion(
+    scene: Scene, config: SceneConfig, *, generator: torch.Generator | None = None, keep_drags: bool = False
+) -> Scene:
+    """The same first frame with another future: what a single frame cannot show, drawn again.
+
+    Each object's initial linear velocity, (rigid) angular velocity, restitution and friction, and (unless
+    ``keep_drags``) the scene's drags are redrawn from ``config``'s ranges as ``sample_scene`` draws them;
+    shapes, sizes, colours, materials, densities, poses, the camera and timing are kept, so frame 0 renders
+    identically. Simulating such twins of a held-out scene gives other futures that are exactly as likely
+    given its first frame: a perfect image-to-video world model's samples are distributed like them, which
+    calibrates any frame-by-frame score of generated clips (``wmgen.eval.world``).
+
+    Args:
+        scene: the scene to redraw.
+        config: the ranges to draw from (those the scene was drawn with, for twins of a dataset's scene).
+        generator: random stream of the redraw.
+        keep_drags: keep the drags (a caption names them: "is dragged to the right"), redraw only the rest.
+    """
+    g = generator
+    rigid = scene.kind == "rigid"
+    objects = []
+    for obj in scene.objects:
+        heading = _uniform(g, 0.0, 2 * math.pi)
+        speed = _uniform(g, *config.horizontal_speed)
+        velocity = (speed * math.cos(heading), speed * math.sin(heading), _uniform(g, *config.vertical_speed))
+        spin = tuple(float(v) * config.spin for v in torch.randn(3, generator=g, dtype=torch.float64))
+        changes: dict[str, Any] = {"velocity": velocity}
+        if rigid:  # MPM scenes record the solver's global floor friction, no restitution and no spin
+            changes.update(
+                angular_velocity=spin, restitution=_uniform(g, *config.restitution),
+                friction=_uniform(g, *config.friction),
+            )  # fmt: skip
+        objects.append(dataclasses.replace(obj, **changes))
+    drags = scene.drags
+    if not keep_drags:
+        draw = _uniform(g, 0.0, 1.0) < config.drag_probability
+        drags = (_sample_drag(objects, config, g),) if draw else ()
+    return dataclasses.replace(scene, objects=tuple(objects), drags=drags)

@@ -15,9 +15,14 @@ import pytest
 import torch
 from eval_helpers import FRAMES, StandIn, make_wm, square_clip, squares
 
+from physics.rigid import RigidConfig
+from physics.scenes import SceneConfig
+from physics.worlds import WorldConfig, WorldDataset, generate_dataset
 from wmgen.eval.tracks import LucasKanadeTracker
+from wmgen.models.vae import CausalVAE, VAEConfig
 from wmgen.eval.world import (
     batch_seed,
+    evaluate_twins,
     evaluate_world_model,
     markdown_table,
     object_motion,
@@ -187,3 +192,37 @@ def test_world_figures_and_tables(tmp_path, data):
     assert (
         markdown_table(["a", "b"], [[1.23456, None], [True, "x"]]) == "| a | b |\n|---|---|\n| 1.23 | - |\n| yes | x |"
     )
+
+
+# --- twins ------------------------------------------------------------------------------------------------
+
+
+def _world(tmp_path, name: str, **scene) -> WorldDataset:
+    config = WorldConfig(
+        kind="rigid", resolution=16, frames=5, num_tracks=8, rigid_particles_per_object=24, batch_size=8,
+        supersample=1, scene=SceneConfig(max_objects=2, **scene), rigid=RigidConfig(substeps=4),
+    )  # fmt: skip
+    return WorldDataset(generate_dataset(config, tmp_path / name, 6, shard_size=8, seed=0, progress=False))
+
+
+def test_twins_reproduce_a_future_that_frame_zero_fixes_and_vary_one_it_does_not(tmp_path):
+    # nothing hidden: no initial motion, spin or drags and one restitution / friction -> the twin IS the clip
+    fixed = _world(tmp_path, "fixed", horizontal_speed=(0.0, 0.0), vertical_speed=(0.0, 0.0), spin=0.0,
+                   restitution=(0.5, 0.5), friction=(0.5, 0.5), drag_probability=0.0)  # fmt: skip
+    r = evaluate_twins(fixed, clips=6)
+    assert r["psnr_twin"] == math.inf and r["psnr_twin_vae"] is None
+    # the default ranges hide velocities, spins and drags: the twins are other futures
+    hidden = _world(tmp_path, "hidden")
+    vae = CausalVAE(VAEConfig(z_dim=4, base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1,
+                              temporal_downsample=(True, True)), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    r = evaluate_twins(hidden, clips=6, vae=vae, batch_size=4, keep_drags=False)
+    assert math.isfinite(r["psnr_twin"]) and 0 <= r["twin_beats_copy_fraction"] <= 1
+    assert r["psnr_twin_vae"] < r["psnr_twin"]  # an untrained VAE only loses
+    assert evaluate_twins(hidden, clips=6, vae=vae, keep_drags=False) == r  # seeded per clip, any batch size
+    assert evaluate_twins(hidden, clips=6, seed=1, keep_drags=False)["psnr_twin"] != r["psnr_twin"]
+    table = world_table({**summarize_world_model([]), **r})
+    assert "twin through the VAE (a perfect latent model)" in table
+    with pytest.raises(ValueError, match=r"clips must be an int in \[1, 6\]"):
+        evaluate_twins(hidden, clips=7)
+    with pytest.raises(TypeError, match="must be a physics.worlds.WorldDataset"):
+        evaluate_twins([{"video": torch.zeros(3, 5, 16, 16)}], clips=1)

@@ -213,3 +213,26 @@ def test_caption_of_a_simulated_bouncing_ball():
     out = world.rollout(world.initial_state(torch.tensor([[[0.0, 0.0, 0.6]]])), 17, frame_dt=1 / 12)
     caption = S.describe(scene, out.points[0], out.object_id)
     assert caption.startswith("a red rubber ball falls and bounces twice"), caption
+
+
+@pytest.mark.parametrize("kind", ["rigid", "mpm"])
+def test_redraw_motion_keeps_the_first_frame_and_redraws_the_rest(kind):
+    scene = _scene(kind, seed=3, drag_probability=1.0)
+    cfg = S.SceneConfig(drag_probability=1.0)
+    twin = S.redraw_motion(scene, cfg, generator=torch.Generator().manual_seed(0))
+    seen = ("shape", "size", "colour", "material", "density", "position", "orientation", "youngs_modulus")
+    for a, b in zip(scene.objects, twin.objects, strict=True):
+        assert all(getattr(a, f) == getattr(b, f) for f in seen)  # everything frame 0 shows is kept
+        assert a.velocity != b.velocity
+        if kind == "rigid":
+            assert a.angular_velocity != b.angular_velocity and a.restitution != b.restitution
+        else:  # MPM scenes have no spin and the solver's global friction: left alone
+            assert (a.angular_velocity, a.friction, a.restitution) == (b.angular_velocity, b.friction, b.restitution)
+    assert (twin.camera, twin.frames, twin.fps, twin.seed) == (scene.camera, scene.frames, scene.fps, scene.seed)
+    assert twin.drags != scene.drags and len(twin.drags) == 1
+    kept = S.redraw_motion(scene, cfg, generator=torch.Generator().manual_seed(0), keep_drags=True)
+    assert kept.drags == scene.drags and kept.objects == twin.objects  # the same draws for the objects
+    again = S.redraw_motion(scene, cfg, generator=torch.Generator().manual_seed(0))
+    assert again == twin  # reproducible from the generator
+    calm = S.redraw_motion(scene, S.SceneConfig(drag_probability=0.0), generator=torch.Generator().manual_seed(0))
+    assert calm.drags == ()

@@ -18,6 +18,14 @@ from the ground-truth first frame (and the clip's caption), and the result is co
 The goal (issue "world model"): mean PSNR of the generations above copy-first-frame, and most falling objects
 falling in the generations (``falls_fraction > 0.5``).
 
+**Twins** calibrate the PSNR (``evaluate_twins``). One frame does not fix the future: initial velocities,
+spins, restitution, friction and drags are not visible in it. A *twin* of a held-out scene keeps everything
+frame 0 shows and redraws the rest (``physics.scenes.redraw_motion``), and is simulated and rendered like the
+dataset: another future exactly as likely given the first frame. A perfect world model's samples are distributed
+like twins, so the twins' PSNR against the ground truth is what a perfect sampler scores, and the twins passed
+through the VAE are what a perfect *latent* model scores: if that does not beat copy-first-frame, no model in
+this latent space can pass the PSNR part of the goal by sampling.
+
 Sharding: the clips are cut into batches of ``batch_size`` in order; batch k is generated with a seed derived
 from (seed, k) and is evaluated by rank ``k % world_size`` (``shard=(rank, world_size)``), so a run under
 ``torchrun`` gives the same numbers as one process. ``summarize_world_model`` turns the gathered per-clip
@@ -54,6 +62,7 @@ __all__ = [
     "add_generation_arguments",
     "add_titles",
     "batch_seed",
+    "evaluate_twins",
     "evaluate_world_model",
     "load_world_model",
     "object_motion",
@@ -430,6 +439,63 @@ def evaluate_world_model(
     return out
 
 
+@torch.no_grad()
+def evaluate_twins(
+    dataset: Any, *, clips: int, vae: Any = None, keep_drags: bool = True, seed: int = 0, batch_size: int = 16
+) -> dict[str, Any]:
+    """PSNR (frames 1..) of twins of the first ``clips`` held-out clips against their ground truth (module
+    docstring), and of the twins' VAE reconstructions (posterior mode) when ``vae`` is given.
+
+    Args:
+        dataset: a ``physics.worlds.WorldDataset`` (its records hold the scenes, its index the world config).
+        clips: how many clips, the first ones.
+        vae: a ``CausalVAE`` (e.g. ``WorldModel.vae``) or None.
+        keep_drags: keep each scene's drags (the captions the models see name them), redraw the rest.
+        seed: seeds the redraws (twin of clip i: generator seeded by (seed, i)).
+        batch_size: scenes simulated (and encoded) together.
+
+    Returns:
+        ``{"twin_clips", "keep_drags", "psnr_twin", "twin_beats_copy_fraction", "psnr_twin_vae",
+        "twin_vae_beats_copy_fraction"}`` (the VAE entries None without ``vae``).
+    """
+    from physics.scenes import Scene, redraw_motion
+    from physics.worlds import WorldConfig, simulate_batch
+    from wmgen.config import from_dict
+
+    if not hasattr(dataset, "records") or not hasattr(dataset, "index"):
+        raise TypeError(f"dataset must be a physics.worlds.WorldDataset (scenes and config), got {type(dataset).__name__}")
+    if isinstance(clips, bool) or not isinstance(clips, int) or not 1 <= clips <= len(dataset):
+        raise ValueError(f"clips must be an int in [1, {len(dataset)}] (the dataset's clips), got {clips!r}")
+    config = from_dict(WorldConfig, dataset.index["config"])
+    p_twin, p_vae, p_copy = [], [], []
+    for start in range(0, clips, batch_size):
+        indices = range(start, min(start + batch_size, clips))
+        twins = [
+            redraw_motion(Scene.from_dict(dataset.records[i]["scene"]), config.scene, keep_drags=keep_drags,
+                          generator=torch.Generator().manual_seed(batch_seed(seed, i)))
+            for i in indices
+        ]  # fmt: skip
+        truth = torch.stack([dataset[i]["video"] for i in indices])  # (b, 3, T, H, W) in [-1, 1]
+        twin = torch.stack([c.rgb.permute(3, 0, 1, 2) for c in simulate_batch(twins, config)]).float() / 127.5 - 1
+        copy = truth[:, :, :1].expand_as(truth)
+        p_twin.append(psnr(twin[:, :, 1:], truth[:, :, 1:]))
+        p_copy.append(psnr(copy[:, :, 1:], truth[:, :, 1:]))
+        if vae is not None:
+            device = next(vae.parameters()).device
+            rec = vae.decode(vae.encode(twin.to(device)).mode()).clamp(-1, 1).cpu()  # (b, 3, T, H, W)
+            p_vae.append(psnr(rec[:, :, 1:], truth[:, :, 1:]))
+    p_twin, p_copy = torch.cat(p_twin), torch.cat(p_copy)
+    p_vae = torch.cat(p_vae) if p_vae else None
+    return {
+        "twin_clips": clips,
+        "keep_drags": keep_drags,
+        "psnr_twin": _mean(p_twin.tolist()),
+        "twin_beats_copy_fraction": _fraction((p_twin > p_copy).tolist()),
+        "psnr_twin_vae": None if p_vae is None else _mean(p_vae.tolist()),
+        "twin_vae_beats_copy_fraction": None if p_vae is None else _fraction((p_vae > p_copy).tolist()),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 4. pictures: grids of videos (shared by the benchmarks and apps/evaluate.py)
 
@@ -597,6 +663,16 @@ def world_table(results: dict[str, Any]) -> str:
             ["generated", r["psnr_generated"], r["beats_copy_fraction"], r["falls_fraction"], r["dy_generated"]],
             ["copy first frame", r["psnr_copy"], None, r["copy_falls_fraction"], r["dy_copy"]],
             ["VAE reconstruction (ceiling)", r["psnr_vae"], None, None, None],
+            *(
+                [
+                    ["twin: another true future (a perfect sampler)", r["psnr_twin"], r["twin_beats_copy_fraction"],
+                     None, None],
+                    ["twin through the VAE (a perfect latent model)", r["psnr_twin_vae"],
+                     r["twin_vae_beats_copy_fraction"], None, None],
+                ]
+                if "psnr_twin" in r
+                else []
+            ),  # fmt: skip
             ["ground truth, tracked (floor)", None, None, r["floor_falls_fraction"], r["dy_floor"]],
             ["ground truth, simulator", None, None, 1.0 if r["falling_objects"] else None, r["dy_ground_truth"]],
         ],
