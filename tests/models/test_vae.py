@@ -62,8 +62,10 @@ def test_wan_shapes_on_meta():
 
 
 @pytest.mark.parametrize(
-    ("preset", "latent"), [("tiny", (16, 5, 8, 8)), ("tiny-s4", (16, 5, 16, 16)), ("small-s4", (16, 5, 16, 16))]
-)
+    ("preset", "latent"),
+    [("tiny", (16, 5, 8, 8)), ("tiny-s4", (16, 5, 16, 16)), ("small-s4", (16, 5, 16, 16)),
+     ("tiny-s4-z32", (32, 5, 16, 16))],
+)  # fmt: skip
 def test_tiny_presets_on_meta(preset, latent):
     """The tiny recipes' 64x64 x 17-frame clips: 8x spatial (48x compression) and 4x spatial (12x)."""
     with torch.device("meta"):

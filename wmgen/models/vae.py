@@ -546,6 +546,10 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     # copy-first-frame baseline than tiny-s4's 21.9 dB (BENCHMARKS.md "Tiny world model")
     "small-s4": VAEConfig(z_dim=16, base_dim=32, dim_mult=(1, 2, 4), num_res_blocks=1,
                           temporal_downsample=(True, True)),
+    # tiny-s4 with 32 latent channels (6x compression): the world-model check's twins show the 16-channel
+    # ceiling is too low for any model to beat copy-first-frame (BENCHMARKS.md "Tiny world model")
+    "tiny-s4-z32": VAEConfig(z_dim=32, base_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1,
+                             temporal_downsample=(True, True)),
     # Wan2.1's VAE shapes: 4x temporal, 8x spatial, 16 latent channels
     "wan2.1": VAEConfig(z_dim=16, base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2,
                         temporal_downsample=(False, True, True)),
