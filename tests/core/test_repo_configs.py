@@ -31,4 +31,4 @@ def test_tiny_recipe_sections_parse():
         cls = SECTIONS[section.split("_")[0]]
         assert isinstance(load_config(cls, path, section=section), cls), section
     flow = load_config(FlowTrainConfig, path, section="flow")
-    assert (flow.image_condition, flow.target) == ("tokens", "still_residual")
+    assert (flow.image_condition, flow.target) == ("tokens", "latents")
