@@ -338,7 +338,9 @@ class WorldModel(nn.Module):
                     f"{len(c.residual_scale)}"
                 )
             if not d.image_to_video:
-                raise ValueError("config.residual_scale needs an image-to-video dit (the still video is of the first frame)")
+                raise ValueError(
+                    "config.residual_scale needs an image-to-video dit (the still video is of the first frame)"
+                )
 
     def _check_num_frames(self, num_frames: Any, name: str = "num_frames") -> int:
         f, pt = self.vae.config.temporal_factor, self.dit.config.patch[0]

@@ -19,7 +19,6 @@ from physics.rigid import RigidConfig
 from physics.scenes import SceneConfig
 from physics.worlds import WorldConfig, WorldDataset, generate_dataset
 from wmgen.eval.tracks import LucasKanadeTracker
-from wmgen.models.vae import CausalVAE, VAEConfig
 from wmgen.eval.world import (
     batch_seed,
     evaluate_twins,
@@ -34,6 +33,7 @@ from wmgen.eval.world import (
     world_table,
     write_json,
 )
+from wmgen.models.vae import CausalVAE, VAEConfig
 
 RES = 32
 
@@ -213,8 +213,8 @@ def test_twins_reproduce_a_future_that_frame_zero_fixes_and_vary_one_it_does_not
     assert r["psnr_twin"] == math.inf and r["psnr_twin_vae"] is None
     # the default ranges hide velocities, spins and drags: the twins are other futures
     hidden = _world(tmp_path, "hidden")
-    vae = CausalVAE(VAEConfig(z_dim=4, base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1,
-                              temporal_downsample=(True, True)), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    tiny = VAEConfig(z_dim=4, base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True))
+    vae = CausalVAE(tiny, generator=torch.Generator().manual_seed(0))
     r = evaluate_twins(hidden, clips=6, vae=vae, batch_size=4, keep_drags=False)
     assert math.isfinite(r["psnr_twin"]) and 0 <= r["twin_beats_copy_fraction"] <= 1
     assert r["psnr_twin_vae"] < r["psnr_twin"]  # an untrained VAE only loses

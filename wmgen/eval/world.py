@@ -463,7 +463,9 @@ def evaluate_twins(
     from wmgen.config import from_dict
 
     if not hasattr(dataset, "records") or not hasattr(dataset, "index"):
-        raise TypeError(f"dataset must be a physics.worlds.WorldDataset (scenes and config), got {type(dataset).__name__}")
+        raise TypeError(
+            f"dataset must be a physics.worlds.WorldDataset (scenes and config), got {type(dataset).__name__}"
+        )
     if isinstance(clips, bool) or not isinstance(clips, int) or not 1 <= clips <= len(dataset):
         raise ValueError(f"clips must be an int in [1, {len(dataset)}] (the dataset's clips), got {clips!r}")
     config = from_dict(WorldConfig, dataset.index["config"])

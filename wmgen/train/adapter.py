@@ -13,9 +13,9 @@ or its instance masks (``controls.controlnet.MapControl.from_world``). With prob
 a sample gets no control (hints zeroed) so the adapted model keeps its unconditional behaviour.
 
 Latents come pre-encoded (``wmgen data encode`` of the same world dataset, checked by clip count) or are
-encoded on the fly, in the backbone's coordinates (still residuals for a still-residual backbone). Validation reports the loss with the control and, on the same noise, without it: the gap
-is how much the adapter tells the model. Export: ``<out>/adapter`` (``ControlAdapter.save_pretrained``, EMA
-weights).
+encoded on the fly, in the backbone's coordinates (still residuals for a still-residual backbone). Validation
+reports the loss with the control and, on the same noise, without it: the gap is how much the adapter tells
+the model. Export: ``<out>/adapter`` (``ControlAdapter.save_pretrained``, EMA weights).
 """
 
 from __future__ import annotations

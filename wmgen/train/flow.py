@@ -103,7 +103,9 @@ class FlowTrainConfig:
         if self.preset not in DIT_PRESETS:
             raise ValueError(f"preset must be one of {sorted(DIT_PRESETS)}, got {self.preset!r}")
         if self.target == "still_residual" and not self.image_to_video:
-            raise ValueError("target = 'still_residual' needs image_to_video = true (the still video is of the first frame)")
+            raise ValueError(
+                "target = 'still_residual' needs image_to_video = true (the still video is of the first frame)"
+            )
         if self.image_condition == "tokens" and self.image_dropout > 0:
             raise ValueError(
                 f"image_dropout must be 0 with image_condition='tokens' (the given frame is part of the clip, "
