@@ -773,10 +773,10 @@ class WorldModel(nn.Module):
             x0 = from_residual(x0, still, self.residual_scale)
 
         # 4. the velocity (in latent space): conditional branch, CFG, then the guidance wrappers
-        branch = {"image_latent": image_latent, "controls": controls, "still": still}
-        v = self.velocity_fn(context=context, branch="cond", **branch)
+        shared = {"image_latent": image_latent, "controls": controls, "still": still}  # both CFG branches
+        v = self.velocity_fn(context=context, branch="cond", **shared)
         if guided:  # at w = 1 CFG is the conditional model: skip the second forward altogether
-            v_uncond = self.velocity_fn(context=null, branch="uncond", **branch)
+            v_uncond = self.velocity_fn(context=null, branch="uncond", **shared)
             v = cfg(v, v_uncond, cfg_scale)
         v = guide(v, *guidance)
         if pinned and guidance:  # the DiT holds the given frame (v = 0 there); a guidance cost could move it
