@@ -566,7 +566,7 @@ class WorldModel(nn.Module):
         """
         T = self._check_num_frames(self.config.num_frames if num_frames is None else num_frames)
         x = self._image_tensor(first_frame)  # (B, 3, H, W)
-        return self.vae.normalize(self.vae.encode(still_video(x, T).contiguous()).mode())
+        return self.vae.normalize(self.vae.encode(still_video(x, T)).mode())
 
     @property
     def residual_scale(self) -> Tensor | None:

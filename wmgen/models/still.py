@@ -27,12 +27,12 @@ __all__ = ["from_residual", "measure_residual_scale", "still_video", "to_residua
 
 
 def still_video(image: Tensor, num_frames: int) -> Tensor:
-    """The first frame held still: pixels [B, 3, H, W] -> [B, 3, T, H, W] (a view; ``contiguous()`` to copy)."""
+    """The first frame held still: pixels [B, 3, H, W] -> [B, 3, T, H, W] (a contiguous copy, ready to encode)."""
     if image.ndim != 4:
         raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    return image[:, :, None].expand(-1, -1, num_frames, -1, -1)
+    return image[:, :, None].expand(-1, -1, num_frames, -1, -1).contiguous()
 
 
 def _scale(scale: Tensor, x: Tensor) -> Tensor:

@@ -232,7 +232,7 @@ class LatentClips:
         posterior = self.vae.encode(video)
         still_mean = None
         if still:
-            still_mean = self.vae.encode(still_video(video[:, :, 0], video.shape[2]).contiguous()).mean.cpu()
+            still_mean = self.vae.encode(still_video(video[:, :, 0], video.shape[2])).mean.cpu()
         return posterior.mean.cpu(), posterior.std.cpu(), still_mean
 
     @torch.no_grad()
@@ -450,7 +450,10 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: i
     module = FlowModule(VideoDiT(_dit_config(config, vae, encoder)), NullText(config.text_max_length, encoder.dim))
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
     module.load_state_dict(load_file(weights))
-    scale = _use_target(config, LatentClips(vae, latents=config.latents, data=config.data, device=torch.device("cpu")))
+    scale = None
+    if config.target == "still_residual":  # the run's scale, measured again (deterministically) on its clips
+        clips = LatentClips(vae, latents=config.latents, data=config.data, device=torch.device("cpu"))
+        scale = _use_target(config, clips)
     return _world_model(config, vae, module.eval(), encoder, scale).save_pretrained(out)
 
 
