@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -54,7 +55,7 @@ from wmgen.pipeline import WorldModel
 from wmgen.train.adapter import AdapterTrainConfig, train_adapter
 from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
 from wmgen.train.flow import FlowTrainConfig, encode_latents, export_checkpoint, train_flow, velocity_error
-from wmgen.train.vae import VAETrainConfig, train_vae
+from wmgen.train.vae import VAETrainConfig, _crop, object_psnr, object_weights, train_vae
 
 RES, FRAMES, LC = 16, 5, 8  # pixels, frames per clip, text tokens
 LATENT = (4, 2, 4, 4)  # C, T', H', W' of one clip under the test VAE
@@ -249,6 +250,67 @@ def test_train_vae_with_discriminator_trains_both_players(data, tmp_path):
     torch.manual_seed(1234)  # the global RNG must not matter
     train_vae(dataclasses.replace(config, out=str(again)))
     assert train_losses(again) == train_losses(out)
+
+
+def test_object_weights_and_object_psnr():
+    mask = torch.full((2, 5, 8, 8), -1)
+    mask[0, :, 2:4, 2:4] = 1  # clip 0: a 2x2 object in every frame; clip 1: background only
+    w = object_weights(mask, 9.0)
+    assert w.shape == (2, 1, 5, 8, 8)
+    assert w[0, 0, :, 2:4, 2:4].eq(10).all() and w.sum() == 2 * 5 * 64 + 9 * 5 * 4
+    assert object_weights(mask, 0.0).eq(1).all()  # the plain mean
+    video = torch.zeros(2, 3, 5, 8, 8)
+    recon = video.clone()
+    recon[:, :, :, 5:, 5:] = 0.7  # background errors do not count
+    recon[0, 0, :, 2:4, 2:4] = 0.2  # one channel of the object off by 0.2: MSE 0.04 / 3
+    p = object_psnr(recon, video, mask)
+    assert p[0].item() == pytest.approx(10 * math.log10(4 / (0.04 / 3)), rel=1e-5) and p[1].isnan()
+
+
+def test_vae_crop_cuts_video_and_mask_alike():
+    T, H, W = 9, 16, 12
+    video = torch.arange(T * H * W, dtype=torch.float32).reshape(1, T, H, W).expand(3, -1, -1, -1)
+    mask = torch.arange(T * H * W).reshape(T, H, W)  # the same numbering: equal where the windows agree
+    for seed in range(5):
+        v, m = _crop(video, mask, 5, 8, torch.Generator().manual_seed(seed))
+        assert v.shape == (3, 5, 8, 8) and m.shape == (5, 8, 8) and torch.equal(v[1], m.float())
+    with pytest.raises(ValueError, match="larger than the clips"):
+        _crop(video, mask, 13, 8, torch.Generator())
+
+
+def test_object_weight_changes_the_loss_and_decoder_fine_tuning_keeps_the_latent_space(data, tmp_path):
+    # object_weight reaches the loss (first step: same weights, same crops, different L1)
+    plain = vae_config(data, tmp_path / "plain", loop={"steps": 1, "val_every": 0})
+    train_vae(plain)
+    weighted = dataclasses.replace(plain, out=str(tmp_path / "weighted"), object_weight=20.0)
+    train_vae(weighted)
+    assert train_losses(tmp_path / "plain")[1] != train_losses(tmp_path / "weighted")[1]
+
+    # decoder fine-tuning: the encoder side and latent statistics are init's, bit for bit; the decoder moves
+    out = tmp_path / "decoder"
+    config = vae_config(data, out, init=str(data.vae), train_encoder=False, object_weight=10.0)
+    tuned = CausalVAE.from_pretrained(train_vae(config))
+    source = CausalVAE.from_pretrained(data.vae)
+    frozen = ("encoder.", "quant.", "latents_mean", "latents_std")
+    new, old = tuned.state_dict(), source.state_dict()
+    assert all(torch.equal(new[k], old[k]) for k in old if k.startswith(frozen))
+    assert any(not torch.equal(new[k], old[k]) for k in old if k.startswith("decoder."))
+    assert not any(k.startswith(frozen) for k in load_file(out / "checkpoints" / "step-00000003" / "model.safetensors"))
+    val = [m for m in read_metrics(out) if "val_psnr" in m]
+    assert val and all(0 < m["val_object_psnr"] < 100 for m in val)  # the test clips have objects
+    # resuming loads init again for the frozen parts and continues
+    train_vae(dataclasses.replace(config, loop=dataclasses.replace(config.loop, steps=4)), resume=True)
+    again = CausalVAE.from_pretrained(out / "vae").state_dict()
+    assert all(torch.equal(again[k], old[k]) for k in old if k.startswith(frozen))
+
+    # refusals
+    with pytest.raises(ValueError, match="init must name"):
+        vae_config(data, tmp_path / "x", train_encoder=False)
+    other = dataclasses.replace(source.config, z_dim=8)
+    CausalVAE(other).save_pretrained(tmp_path / "other-vae")
+    with pytest.raises(ValueError, match="config differs from preset 'test'"):
+        train_vae(vae_config(data, tmp_path / "y", init=str(tmp_path / "other-vae")))
+    assert not (tmp_path / "y").exists()
 
 
 # --- latents -----------------------------------------------------------------------------------------------

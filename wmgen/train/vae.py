@@ -3,11 +3,19 @@
 Loss (Rombach et al. 2022, LDM; Esser et al. 2021, VQGAN), on random space-time crops of the clips (the VAE is
 convolutional and causal, so crops train the same weights far cheaper than whole clips on a CPU):
 
-    L = l1_weight |x_hat - x|_1 + ssim_weight (1 - SSIM(x_hat, x)) + kl_weight KL(q(z|x) || N(0, I)) / pixels
+    L = l1_weight |x_hat - x|_w + ssim_weight (1 - SSIM(x_hat, x)) + kl_weight KL(q(z|x) || N(0, I)) / pixels
         [+ disc_weight * hinge generator loss of a PatchGAN discriminator after disc_start]
 
 where the KL is summed over latents and divided by the pixel count (LDM's per-sample-sum convention with a
 per-pixel reconstruction mean) and SSIM is kornia's (11x11 Gaussian window) per frame on [0, 1] images.
+|.|_w is the weighted mean sum(w |x_hat - x|) / sum(w) with w = 1 on the background and 1 + object_weight on
+object pixels (the datasets' instance masks): objects cover a few percent of a frame, so with the plain mean
+(object_weight 0) a VAE can turn every object the same dull colour at almost no cost.
+
+**Decoder fine-tuning** (``init`` + ``train_encoder = False``, as Stable Diffusion's ft-MSE VAE decoders were
+made): start from an exported VAE and train only what maps latents to pixels (``post_quant`` and the decoder).
+The encoder, and with it the latent space and its statistics, stay bit-identical, so a flow model trained on
+the old VAE's latents decodes through the new one unchanged.
 
 The optional discriminator (Isola et al. 2017 PatchGAN, per frame) is trained in the same optimizer step with
 the hinge loss on *detached* reconstructions, while the generator's adversarial term is computed through a
@@ -15,8 +23,9 @@ functional call with *detached* discriminator weights: each loss reaches only it
 one AdamW serves both.
 
 Validation: PSNR (data range 2 for [-1, 1] pixels) and SSIM of whole held-out clips reconstructed from the
-posterior mode, with the EMA weights. Export: the EMA weights with per-channel latent statistics measured on
-training clips, written by ``CausalVAE.save_pretrained`` to ``<out>/vae``.
+posterior mode, with the EMA weights, and ``val_object_psnr``: the PSNR over object pixels only (mean over
+clips). Export: the EMA weights with per-channel latent statistics measured on training clips (init's, when
+the encoder was frozen), written by ``CausalVAE.save_pretrained`` to ``<out>/vae``.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ from wmgen.train.common import (
     global_batch_indices,
 )
 
-__all__ = ["PatchDiscriminator", "VAETrainConfig", "measure_latent_stats", "reconstruction_metrics", "train_vae"]
+__all__ = [
+    "PatchDiscriminator", "VAETrainConfig", "measure_latent_stats", "object_psnr", "object_weights",
+    "reconstruction_metrics", "train_vae",
+]
 
 
 @dataclass(frozen=True)
@@ -52,9 +64,12 @@ class VAETrainConfig:
     val_data: str = ""  # held-out world dataset directory
     out: str = "outputs/vae"  # run directory: checkpoints/, metrics.jsonl, vae/ (the exported model)
     preset: str = "tiny"  # key of wmgen.models.vae.VAE_PRESETS
+    init: str = ""  # an exported VAE directory to start from (its config must be the preset's); "": fresh weights
+    train_encoder: bool = True  # False: fine-tune the decoder only (needs init; keeps init's latent space)
     crop_frames: int = field(default=5, metadata={"range": (0, None)})  # 1 + 4k frames per crop; 0: whole clip
     crop_size: int = field(default=32, metadata={"range": (0, None)})  # square crop (pixels); 0: whole frame
     l1_weight: float = field(default=1.0, metadata={"range": (0.0, None)})
+    object_weight: float = field(default=0.0, metadata={"range": (0.0, None)})  # extra L1 weight on object pixels
     ssim_weight: float = field(default=0.2, metadata={"range": (0.0, None)})  # weight of (1 - SSIM)
     kl_weight: float = field(default=1e-6, metadata={"range": (0.0, None)})  # LDM's KL weight
     disc_weight: float = field(default=0.0, metadata={"range": (0.0, None)})  # adversarial weight; 0: no disc
@@ -72,6 +87,8 @@ class VAETrainConfig:
             raise ValueError(f"preset must be one of {sorted(VAE_PRESETS)}, got {self.preset!r}")
         if self.crop_frames and (self.crop_frames - 1) % 4:
             raise ValueError(f"crop_frames must be 0 or 1 + 4k (5, 9, 17, ...), got {self.crop_frames}")
+        if not self.train_encoder and not self.init:
+            raise ValueError("train_encoder = False fine-tunes the decoder of an existing VAE: init must name one")
 
 
 class PatchDiscriminator(nn.Module):
@@ -129,8 +146,21 @@ def reconstruction_metrics(recon: Tensor, video: Tensor) -> dict[str, float]:
     return {"psnr": psnr.item(), "ssim": ssim.item()}
 
 
-def _crop(video: Tensor, frames: int, size: int, generator: torch.Generator) -> Tensor:
-    """Random [3, frames, size, size] crop of one clip [3, T, H, W] (0 = keep that axis whole)."""
+def object_psnr(recon: Tensor, video: Tensor, mask: Tensor) -> Tensor:
+    """PSNR (dB, data range 2) over each clip's object pixels: [B], NaN for a clip without any.
+
+    recon, video: [B, 3, T, H, W] in [-1, 1]; mask: [B, T, H, W] instance mask, -1 = background.
+    """
+    on = (mask >= 0)[:, None].float()  # (B, 1, T, H, W)
+    se = ((recon.float().clamp(-1, 1) - video.float()).square() * on).flatten(1).sum(1)  # (B,)
+    count = 3 * on.flatten(1).sum(1)  # (B,) object values
+    mse = se / count  # NaN where count = 0
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def _crop(video: Tensor, mask: Tensor, frames: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The same random window of one clip [3, T, H, W] and its instance mask [T, H, W] (0 = keep that axis
+    whole): [3, frames, size, size] and [frames, size, size]."""
     _, T, H, W = video.shape
     f = frames or T
     s_h, s_w = (size or H), (size or W)
@@ -139,7 +169,14 @@ def _crop(video: Tensor, frames: int, size: int, generator: torch.Generator) -> 
     t0 = int(torch.randint(0, T - f + 1, (), generator=generator))
     y0 = int(torch.randint(0, H - s_h + 1, (), generator=generator))
     x0 = int(torch.randint(0, W - s_w + 1, (), generator=generator))
-    return video[:, t0 : t0 + f, y0 : y0 + s_h, x0 : x0 + s_w]
+    window = (slice(t0, t0 + f), slice(y0, y0 + s_h), slice(x0, x0 + s_w))
+    return video[(slice(None), *window)], mask[window]
+
+
+def object_weights(mask: Tensor, object_weight: float) -> Tensor:
+    """Per-pixel L1 weights [B, 1, T, H, W] from instance masks [B, T, H, W] (-1 = background): 1 on the
+    background, 1 + object_weight on objects."""
+    return (1.0 + object_weight * (mask >= 0).float())[:, None]
 
 
 @torch.no_grad()
@@ -167,6 +204,25 @@ def measure_latent_stats(
     return mu.float().cpu(), std.float().cpu()
 
 
+def _load_init(config: VAETrainConfig, vae: CausalVAE) -> dict[str, Tensor] | None:
+    """Load ``config.init`` into ``vae`` (and freeze its encoder side when ``train_encoder`` is False); returns
+    init's state dict, or None without init."""
+    if not config.init:
+        return None
+    source = CausalVAE.from_pretrained(config.init)
+    if source.config != vae.config:
+        raise ValueError(
+            f"init = {config.init!r} holds a VAE whose config differs from preset {config.preset!r}: "
+            f"{source.config} vs {vae.config}"
+        )
+    state = source.state_dict()
+    vae.load_state_dict(state)
+    if not config.train_encoder:
+        for part in (vae.encoder, vae.quant):
+            part.requires_grad_(False)
+    return state
+
+
 def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
     """Train (or ``resume``) a VAE; returns the exported model directory ``<out>/vae``."""
     from physics.worlds import WorldDataset
@@ -178,9 +234,10 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
     loop = config.loop
     out = Path(config.out)
     with Distributed() as d:
-        init = torch.Generator().manual_seed(loop.seed)  # the VAE's draws, then the discriminator's
-        vae = CausalVAE(VAE_PRESETS[config.preset], generator=init)
-        disc = PatchDiscriminator(config.disc_channels, generator=init) if config.disc_weight > 0 else None
+        draws = torch.Generator().manual_seed(loop.seed)  # the VAE's draws, then the discriminator's
+        vae = CausalVAE(VAE_PRESETS[config.preset], generator=draws)
+        init_state = _load_init(config, vae)  # init's weights, or None
+        disc = PatchDiscriminator(config.disc_channels, generator=draws) if config.disc_weight > 0 else None
         module = VAEWithDiscriminator(vae, disc).to(d.device)
         trainer = Trainer(module, loop, out, dist=d, config=config)
         if not resume and (out / "checkpoints").exists():
@@ -194,10 +251,13 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
             part = trainer.part(micro)
             idx = global_batch_indices(len(train_set), loop.batch_size, step, loop.seed)[part]
             gens = example_generators(loop.seed, step, loop.batch_size)[part]
-            video = torch.stack([_crop(train_set[int(i)]["video"], config.crop_frames, config.crop_size, g)
-                                 for i, g in zip(idx, gens, strict=True)]).to(d.device)  # (b, 3, T, H, W)
+            items = [train_set[int(i)] for i in idx]
+            crops = [_crop(item["video"], item["mask"], config.crop_frames, config.crop_size, g)
+                     for item, g in zip(items, gens, strict=True)]  # fmt: skip
+            video = torch.stack([v for v, _ in crops]).to(d.device)  # (b, 3, T, H, W)
+            weight = object_weights(torch.stack([m for _, m in crops]).to(d.device), config.object_weight)
             recon, kl = trainer.model(video, gens)
-            l1 = (recon - video).abs().mean()
+            l1 = (weight * (recon - video).abs()).sum() / (3 * weight.sum())  # weighted mean over pixels
             ssim = kornia.metrics.ssim(_frames(recon), _frames(video), window_size=11).mean()
             kl_term = kl.mean() / video[0].numel()
             loss = config.l1_weight * l1 + config.ssim_weight * (1 - ssim) + config.kl_weight * kl_term
@@ -220,6 +280,8 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
             if not d.is_main:
                 return None
             model = CausalVAE(VAE_PRESETS[config.preset]).to(d.device)
+            if init_state is not None:  # frozen parts are not in the EMA: they stay init's
+                model.load_state_dict(init_state)
             model.load_state_dict({k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.")},
                                   strict=False)  # fmt: skip  (latent stats buffers are set at export)
             return model.eval()
@@ -229,21 +291,26 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
             model = ema_vae()
             if model is None:
                 return {}
-            scores = []
+            scores, objects = [], []
             for start in range(0, min(config.val_clips, len(val_set)), 8):
                 stop = min(start + 8, config.val_clips, len(val_set))
-                video = torch.stack([val_set[i]["video"] for i in range(start, stop)]).to(d.device)
+                items = [val_set[i] for i in range(start, stop)]
+                video = torch.stack([item["video"] for item in items]).to(d.device)  # (b, 3, T, H, W)
                 recon = model.decode(model.encode(video).mode())
                 scores.append((stop - start, reconstruction_metrics(recon, video)))
+                objects.append(object_psnr(recon, video, torch.stack([item["mask"] for item in items]).to(d.device)))
             n = sum(k for k, _ in scores)
-            return {f"val_{key}": sum(k * s[key] for k, s in scores) / n for key in ("psnr", "ssim")}
+            out = {f"val_{key}": sum(k * s[key] for k, s in scores) / n for key in ("psnr", "ssim")}
+            return {**out, "val_object_psnr": torch.cat(objects).nanmean().item()}
 
         @torch.no_grad()
         def export() -> None:
             model = ema_vae()
             if model is None:
                 return
-            model.set_latent_stats(*measure_latent_stats(model, train_set, config.stats_clips, device=d.device))
+            if config.train_encoder:
+                model.set_latent_stats(*measure_latent_stats(model, train_set, config.stats_clips, device=d.device))
+            # else: the encoder is init's, so are the latent statistics (loaded with its weights above)
             model.save_pretrained(out / "vae")
 
         trainer.fit(loss_fn, validate=validate_fn, export=export)
