@@ -6,6 +6,8 @@ the outputs are checked to agree in wmgen's convention, ours(x, t) == -diffusers
 
 Cases (fp32, CPU, batch 16, 16 text tokens):
   tiny       the "tiny" preset at its own latent size 16 x 5 x 8 x 8 (64x64, 17 frames) -> 80 tokens/sample
+  recipe     the "tiny" preset as configs/tiny.yaml trains it: 32-channel latents of VAE_PRESETS["tiny-s4-z32"],
+             32 x 5 x 16 x 16 (64x64, 17 frames) -> 320 tokens/sample
   reference  the tiny widths with 8 layers (9.16M parameters) at 16 x 5 x 16 x 16 -> 320 tokens/sample
 
 Timed: forward under ``torch.no_grad`` and one training step (forward, MSE loss, backward, AdamW step).
@@ -41,6 +43,7 @@ from wmgen.models.dit import DIT_PRESETS, DiTConfig, VideoDiT, config_to_diffuse
 BATCH, CONTEXT_TOKENS = 16, 16
 CASES = {
     "tiny": (DIT_PRESETS["tiny"], (16, 5, 8, 8)),
+    "recipe": (dataclasses.replace(DIT_PRESETS["tiny"], in_channels=32, out_channels=32), (32, 5, 16, 16)),
     "reference": (dataclasses.replace(DIT_PRESETS["tiny"], num_layers=8), (16, 5, 16, 16)),
 }
 

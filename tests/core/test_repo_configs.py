@@ -3,6 +3,7 @@ recipe would otherwise surface only when someone runs it)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import yaml
 
 from physics.worlds import WorldConfig
 from wmgen.config import load_config
+from wmgen.models.dit import DIT_PRESETS
+from wmgen.models.vae import VAE_PRESETS
 from wmgen.train.adapter import AdapterTrainConfig
 from wmgen.train.flow import FlowTrainConfig
 from wmgen.train.vae import VAETrainConfig
@@ -32,3 +35,9 @@ def test_tiny_recipe_sections_parse():
         assert isinstance(load_config(cls, path, section=section), cls), section
     flow = load_config(FlowTrainConfig, path, section="flow")
     assert (flow.image_condition, flow.target) == ("tokens", "latents")
+    # lessons measured in BENCHMARKS.md "Tiny world model": a DiT token must have room for its patch's latent
+    # values (1x4x4 patches of 32 channels in 256 dimensions starved the flow), and the VAE must weigh objects
+    vae = load_config(VAETrainConfig, path, section="vae")
+    dit, z_dim = DIT_PRESETS[flow.preset], VAE_PRESETS[vae.preset].z_dim
+    assert math.prod(dit.patch) * z_dim <= dit.dim, (dit.patch, z_dim, dit.dim)
+    assert vae.object_weight > 0
