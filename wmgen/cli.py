@@ -217,12 +217,15 @@ def train_export(
     run: Annotated[Path, typer.Argument(help="Run directory of `wmgen train flow` (its `out`).")],
     out: Annotated[Path, typer.Option(help="WorldModel directory to write.")],
     step: Annotated[int | None, typer.Option(min=1, help="Checkpoint step (default: the newest).")] = None,
+    vae: Annotated[
+        Path | None, typer.Option(help="A decoder fine-tune of the run's VAE to export instead (same encoder).")
+    ] = None,
 ) -> None:
     """Export a checkpoint of a flow run (EMA weights) as a WorldModel, e.g. to evaluate it part-way."""
     from wmgen.train.flow import export_checkpoint
 
     try:
-        path = export_checkpoint(run, out, step=step)
+        path = export_checkpoint(run, out, step=step, vae=vae)
     except (FileNotFoundError, ValueError) as err:
         _fail(err)
     typer.echo(f"wrote {path}")

@@ -528,6 +528,31 @@ def test_export_checkpoint_writes_the_world_model_of_any_step(data, tmp_path):
     assert bad.exit_code == 2 and "step = 3" in bad.output
 
 
+def test_export_checkpoint_with_a_decoder_fine_tune_keeps_the_latent_space(data, tmp_path):
+    run = tmp_path / "run"
+    train_flow(flow_config(data, run, latents=True))
+    tuned = train_vae(vae_config(data, tmp_path / "decoder", init=str(data.vae), train_encoder=False))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "export", str(run), "--out", str(tmp_path / "wm"), "--vae", str(tuned)])
+    assert result.exit_code == 0, result.output
+    plain, swapped = WorldModel.from_pretrained(run / "model"), WorldModel.from_pretrained(tmp_path / "wm")
+    decoder = CausalVAE.from_pretrained(tuned).state_dict()
+    assert all(torch.equal(v, decoder[k]) for k, v in swapped.vae.state_dict().items())
+    frame = WorldDataset(data.val)[0]["video"][:, 0][None]  # (1, 3, H, W)
+    a, b = (m.generate(["a cube"], frame, steps=2, seed=3) for m in (plain, swapped))
+    assert torch.equal(a.latents, b.latents)  # the same flow in the same latent space
+    assert not torch.equal(a.pixels, b.pixels)  # decoded by another decoder
+    # a VAE that encodes differently (its encoder trained too) or has another shape is refused
+    retrained = train_vae(vae_config(data, tmp_path / "whole", init=str(data.vae)))
+    with pytest.raises(ValueError, match="encodes differently from the run's VAE"):
+        export_checkpoint(run, tmp_path / "x", vae=retrained)
+    other = dataclasses.replace(CausalVAE.from_pretrained(data.vae).config, z_dim=8)
+    CausalVAE(other).save_pretrained(tmp_path / "other-vae")
+    with pytest.raises(ValueError, match="another config than the run's VAE"):
+        export_checkpoint(run, tmp_path / "x", vae=tmp_path / "other-vae")
+    assert not (tmp_path / "x").exists()
+
+
 # --- image-to-video layouts and adapters ----------------------------------------------------------------
 
 

@@ -433,19 +433,27 @@ def _world_model(
     return WorldModel(vae, module.dit, null_text=module.null_text, config=wm_config, text_encoder=encoder)
 
 
-def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None) -> Path:
+def export_checkpoint(
+    run: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, vae: str | os.PathLike | None = None
+) -> Path:
     """Export one checkpoint of a `wmgen train flow` run as a WorldModel in ``out`` (``wmgen train export``).
 
     The checkpoint's EMA weights are exported (its current weights when the run kept no EMA), as the run's own
     export does after its last step; use it to evaluate a run part-way. ``step``: which checkpoint (default: the
     newest). The run's config (from the checkpoint) names the VAE and text encoder, which must still be there.
+    ``vae``: export this VAE instead of the run's, a decoder fine-tune of it (`wmgen train vae` with
+    ``train_encoder = False``): its encoder and latent statistics must equal the run's VAE's bit for bit, so the
+    flow's latent space is unchanged and only the decoding improves.
     """
     ckpt = latest_checkpoint(run) if step is None else step_checkpoint(run, step)
     if ckpt is None:
         raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({Path(run) / 'checkpoints'} / latest.json)")
     state = json.loads((ckpt / "state.json").read_text())
     config = from_dict(FlowTrainConfig, state["config"])
-    vae = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
+    vae_model = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
+    if vae is not None:
+        vae_model = _same_latent_space(vae_model, CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json")), vae)
+    vae = vae_model
     encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
     module = FlowModule(VideoDiT(_dit_config(config, vae, encoder)), NullText(config.text_max_length, encoder.dim))
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
@@ -455,6 +463,25 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: i
         clips = LatentClips(vae, latents=config.latents, data=config.data, device=torch.device("cpu"))
         scale = _use_target(config, clips)
     return _world_model(config, vae, module.eval(), encoder, scale).save_pretrained(out)
+
+
+def _same_latent_space(run_vae: CausalVAE, other: CausalVAE, path: str | os.PathLike) -> CausalVAE:
+    """``other`` (eval mode) if its encoder side and latent statistics are ``run_vae``'s bit for bit, else a
+    ValueError naming what differs."""
+    if other.config != run_vae.config:
+        raise ValueError(
+            f"vae = {str(path)!r} has another config than the run's VAE: {other.config} vs {run_vae.config}"
+        )
+    encoder_side = ("encoder.", "quant.", "latents_mean", "latents_std")
+    theirs, ours = other.state_dict(), run_vae.state_dict()
+    differ = sorted(k for k in ours if k.startswith(encoder_side) and not torch.equal(theirs[k], ours[k]))
+    if differ:
+        raise ValueError(
+            f"vae = {str(path)!r} encodes differently from the run's VAE ({len(differ)} tensors differ, e.g. "
+            f"{differ[0]}): only a decoder fine-tune of it (wmgen train vae, train_encoder = false) keeps the "
+            "flow's latent space"
+        )
+    return other.eval()
 
 
 def _video_shape(config: FlowTrainConfig) -> dict[str, Any]:
