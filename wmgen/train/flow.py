@@ -450,19 +450,19 @@ def export_checkpoint(
         raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({Path(run) / 'checkpoints'} / latest.json)")
     state = json.loads((ckpt / "state.json").read_text())
     config = from_dict(FlowTrainConfig, state["config"])
-    vae_model = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
+    model_vae = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
     if vae is not None:
-        vae_model = _same_latent_space(vae_model, CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json")), vae)
-    vae = vae_model
+        model_vae = _same_latent_space(model_vae, CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json")), vae)
     encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
-    module = FlowModule(VideoDiT(_dit_config(config, vae, encoder)), NullText(config.text_max_length, encoder.dim))
+    dit = VideoDiT(_dit_config(config, model_vae, encoder))
+    module = FlowModule(dit, NullText(config.text_max_length, encoder.dim))
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
     module.load_state_dict(load_file(weights))
     scale = None
     if config.target == "still_residual":  # the run's scale, measured again (deterministically) on its clips
-        clips = LatentClips(vae, latents=config.latents, data=config.data, device=torch.device("cpu"))
+        clips = LatentClips(model_vae, latents=config.latents, data=config.data, device=torch.device("cpu"))
         scale = _use_target(config, clips)
-    return _world_model(config, vae, module.eval(), encoder, scale).save_pretrained(out)
+    return _world_model(config, model_vae, module.eval(), encoder, scale).save_pretrained(out)
 
 
 def _same_latent_space(run_vae: CausalVAE, other: CausalVAE, path: str | os.PathLike) -> CausalVAE:

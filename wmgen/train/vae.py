@@ -300,8 +300,8 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
                 scores.append((stop - start, reconstruction_metrics(recon, video)))
                 objects.append(object_psnr(recon, video, torch.stack([item["mask"] for item in items]).to(d.device)))
             n = sum(k for k, _ in scores)
-            out = {f"val_{key}": sum(k * s[key] for k, s in scores) / n for key in ("psnr", "ssim")}
-            return {**out, "val_object_psnr": torch.cat(objects).nanmean().item()}
+            metrics = {f"val_{key}": sum(k * s[key] for k, s in scores) / n for key in ("psnr", "ssim")}
+            return {**metrics, "val_object_psnr": torch.cat(objects).nanmean().item()}
 
         @torch.no_grad()
         def export() -> None:
