@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="ODE solver (default: the model's)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--control-scale", type=float, default=1.0, help="scale of the adapters' hints")
+    p.add_argument("--control-guidance", type=float, default=1.0,
+                   help="CFG weight on the controls (with vs without, same prompt; 1: off; needs cfg-scale 1)")
     p.add_argument("--fall-px", type=float, default=FALL_PX, help="mean downward motion (px) of a falling object")
     p.add_argument("--tracker", choices=sorted(TRACKERS), default="lk", help="point tracker")
     p.add_argument("--no-caption", action="store_true", help="generate from the empty prompt, not the captions")
@@ -125,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             start = time.perf_counter()
             adapter = ControlAdapter.from_pretrained(path, device=d.device)
             r = evaluate_adapter(world, adapter, dataset, num_tracks=args.num_tracks, tracker=tracker,
-                                 control_scale=args.control_scale, **sample)  # fmt: skip
+                                 control_scale=args.control_scale,
+                                 control_guidance=args.control_guidance, **sample)  # fmt: skip
             examples = r.pop("examples", [])
             per_clip = sorted(gather(d, r["per_clip"]), key=lambda c: c["clip"])
             skipped = gather(d, r.get("skipped_clips", []))

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=64, help="clips evaluated, the first ones (default 64)")
     p.add_argument("--num-tracks", type=int, default=16, help="requested tracks per clip (track adapter)")
     p.add_argument("--control-scale", type=float, default=1.0, help="scale of the adapter's hints")
+    p.add_argument("--control-guidance", type=float, default=1.0,
+                   help="CFG weight on the control (with vs without it, same prompt; 1: off; needs cfg-scale 1)")
     p.add_argument("--tracker", choices=sorted(TRACKERS), default="lk", help="point tracker of the track EPE")
     p.add_argument("--out", default="outputs/eval/adapters", help="output folder")
     add_generation_arguments(p)
@@ -59,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         r = evaluate_adapter(
             world, adapter, dataset, clips=args.clips, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
             method=args.method, cfg_scale=args.cfg_scale, control_scale=args.control_scale,
+            control_guidance=args.control_guidance,
             use_caption=not args.no_caption, progress=not args.quiet, num_tracks=args.num_tracks, tracker=tracker,
             keep_examples=args.examples,
         )  # fmt: skip

@@ -118,6 +118,40 @@ def test_track_adapter_errors(wm, track_adapter, data):
         evaluate_map_adapter(wm, track_adapter, data, clips=2)
 
 
+def test_control_guidance_guides_on_the_control_with_the_same_prompt(wm, track_adapter, data, monkeypatch):
+    stand_in = StandIn(data, lambda controlled: "truth" if controlled else "frozen")
+    monkeypatch.setattr(wm, "generate", stand_in)
+    r = evaluate_track_adapter(wm, track_adapter, data, clips=2, batch_size=2, progress=False, control_guidance=2.5)
+    with_call, without_call = stand_in.calls
+    (control,) = with_call["controls"]
+    assert control.uncond is False  # the control only in the conditional branch ...
+    assert with_call["negative_prompt"] == with_call["prompt"] and with_call["cfg_scale"] == 2.5  # ... same text
+    assert "negative_prompt" not in without_call and without_call["cfg_scale"] is None
+    assert r["settings"]["control_guidance"] == 2.5
+
+    for bad, match in ((-1.0, "control_guidance must be a finite number >= 0"), (True, "must be a number")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            evaluate_track_adapter(wm, track_adapter, data, clips=2, control_guidance=bad)
+    with pytest.raises(ValueError, match="needs text guidance off .cfg_scale 1., got cfg_scale = 3"):
+        evaluate_track_adapter(wm, track_adapter, data, clips=2, control_guidance=2.0, cfg_scale=3.0)
+
+
+def test_control_guidance_zero_is_the_uncontrolled_model(wm, data):
+    """Real sampling: at w = 0 the guided velocity is the model without the control, so the 'with' video equals the
+    'without' one; at w = 1 it is the plain controlled generation, which differs (the adapter is not zero)."""
+    adapter = TrackAdapter(wm.dit, frame_size=(RES, RES), spatial_factor=SPATIAL, id_dim=8, num_blocks=1)
+    with torch.no_grad():
+        for p in adapter.zero_proj.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        adapter.control_embed.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    kw = {"clips": 1, "batch_size": 1, "num_tracks": 4, "steps": 2, "method": "euler", "progress": False}
+    off = evaluate_track_adapter(wm, adapter, data, control_guidance=0.0, keep_examples=1, **kw)
+    plain = evaluate_track_adapter(wm, adapter, data, keep_examples=1, **kw)
+    (ex_off,), (ex_plain,) = off["examples"], plain["examples"]
+    assert torch.allclose(ex_off["with_control"], ex_off["without_control"], atol=1e-5)
+    assert not torch.allclose(ex_plain["with_control"], ex_plain["without_control"], atol=1e-3)
+
+
 # --- edges -------------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,12 @@ where the requested track is visible, gives three numbers:
 
 Goal: ``epe_with <= 0.3 epe_without`` and ``epe_with <= 2 epe_floor``.
 
+**Control guidance** (``control_guidance = w``, both evaluations; 1 = off): classifier-free guidance on the control
+instead of the text, ``v = v_without + w (v_with - v_without)`` with the same prompt in both branches
+(``Control(uncond=False)``, ``negative_prompt`` = the prompt), as ControlNet's guess mode does. It extrapolates
+the adapter's effect on the velocity; it needs text CFG off (``cfg_scale`` 1), since one CFG pair holds one
+difference. The generation without the adapter is unchanged.
+
 **Map adapters** (depth; edges and masks the same way). The control is ``MapControl.from_world`` of the clip.
 Its *reference edges* are the object silhouettes it describes: Canny edges of the depth map (for edges
 controls: the control itself; for masks: the boundaries between instance ids). The generated frames' Canny
@@ -165,11 +171,33 @@ def _settings(world: Any, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def _check_common(control_scale: Any, keep_examples: Any) -> None:
+def _check_common(world: Any, control_scale: Any, control_guidance: Any, cfg_scale: Any, keep_examples: Any) -> None:
     if isinstance(control_scale, bool) or not isinstance(control_scale, (int, float)):
         raise TypeError(f"control_scale must be a number, got {control_scale!r}")
+    if isinstance(control_guidance, bool) or not isinstance(control_guidance, (int, float)):
+        raise TypeError(f"control_guidance must be a number, got {control_guidance!r}")
+    if not 0.0 <= control_guidance < float("inf"):
+        raise ValueError(f"control_guidance must be a finite number >= 0 (1: off), got {control_guidance!r}")
+    text_cfg = world.config.cfg_scale if cfg_scale is None else cfg_scale
+    if control_guidance != 1.0 and text_cfg != 1.0:
+        raise ValueError(
+            f"control_guidance = {control_guidance} needs text guidance off (cfg_scale 1), got cfg_scale = {text_cfg}: "
+            "one CFG pair guides either the text or the control"
+        )
     if isinstance(keep_examples, bool) or not isinstance(keep_examples, int) or keep_examples < 0:
         raise ValueError(f"keep_examples must be an int >= 0, got {keep_examples!r}")
+
+
+def _generate_controlled(
+    world: Any, prompts: Any, first: Tensor, control: Control, *, control_guidance: float, sample: dict[str, Any],
+    **kwargs: Any,
+) -> Tensor:
+    """Pixels [B, 3, T, H, W] of the generation with ``control``, guided on it when ``control_guidance != 1``."""
+    if control_guidance == 1.0:
+        return world.generate(prompts, first, controls=[control], **sample, **kwargs).pixels
+    cond_only = Control(control.adapter, control.input, scale=control.scale, t_range=control.t_range, uncond=False)
+    guided = {**sample, "cfg_scale": float(control_guidance)}
+    return world.generate(prompts, first, controls=[cond_only], negative_prompt=prompts, **guided, **kwargs).pixels
 
 
 def _subset(batch: dict[str, Any], keep: list[int]) -> dict[str, Any]:
@@ -200,6 +228,7 @@ def evaluate_track_adapter(
     method: str | None = None,
     cfg_scale: float | None = None,
     control_scale: float = 1.0,
+    control_guidance: float = 1.0,
     use_caption: bool = True,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
@@ -222,6 +251,7 @@ def evaluate_track_adapter(
             ``batch_seed(seed, i)``.
         steps, method, cfg_scale: sampling settings (None: the model's defaults).
         control_scale: the ``Control``'s scale.
+        control_guidance: CFG weight on the control (module docstring; 1: off, needs cfg_scale 1 otherwise).
         use_caption: condition on each clip's caption; False: the empty prompt.
         progress: show a progress bar over batches.
         shard: (rank, world_size): evaluate only the batches k with k % world_size == rank.
@@ -241,7 +271,7 @@ def evaluate_track_adapter(
         raise ValueError(f"adapter must be a track ControlAdapter (kind 'tracks'), got {got}")
     if isinstance(num_tracks, bool) or not isinstance(num_tracks, int) or num_tracks < 1:
         raise ValueError(f"num_tracks must be an int >= 1, got {num_tracks!r}")
-    _check_common(control_scale, keep_examples)
+    _check_common(world, control_scale, control_guidance, cfg_scale, keep_examples)
     tracker = LucasKanadeTracker() if tracker is None else tracker
     if not isinstance(tracker, PointTracker):
         raise TypeError(f"tracker must be a wmgen.eval.tracks.PointTracker, got {type(tracker).__name__}")
@@ -274,7 +304,8 @@ def evaluate_track_adapter(
         prompts, first = prompts_of(batch, use_caption), gt[:, :, 0]
         s = batch_seed(seed, k)
         videos = {
-            "with": world.generate(prompts, first, controls=[control], num_frames=T, seed=s, **sample).pixels,
+            "with": _generate_controlled(world, prompts, first, control, control_guidance=control_guidance,
+                                         sample=sample, num_frames=T, seed=s),
             "without": world.generate(prompts, first, num_frames=T, seed=s, **sample).pixels,
             "floor": gt,
         }
@@ -300,6 +331,7 @@ def evaluate_track_adapter(
     out = summarize_track_adapter(per_clip, skipped=skipped)
     out["settings"] = _settings(
         world, **sample, seed=seed, batch_size=batch_size, num_tracks=num_tracks, control_scale=control_scale,
+        control_guidance=control_guidance,
         use_caption=use_caption, tracker=repr(tracker), clips_requested=clips, shard=shard,
     )  # fmt: skip
     out["per_clip"] = per_clip
@@ -426,6 +458,7 @@ def evaluate_map_adapter(
     method: str | None = None,
     cfg_scale: float | None = None,
     control_scale: float = 1.0,
+    control_guidance: float = 1.0,
     tolerance: int = 1,
     use_caption: bool = True,
     progress: bool = True,
@@ -449,6 +482,7 @@ def evaluate_map_adapter(
         seed: batch k is generated with ``batch_seed(seed, k)``.
         steps, method, cfg_scale: sampling settings (None: the model's defaults).
         control_scale: the ``Control``'s scale.
+        control_guidance: CFG weight on the control (module docstring; 1: off, needs cfg_scale 1 otherwise).
         tolerance: edge matching tolerance in pixels.
         use_caption: condition on each clip's caption; False: the empty prompt.
         progress: show a progress bar over batches.
@@ -469,7 +503,7 @@ def evaluate_map_adapter(
         raise ValueError(
             f"adapter must be a map ControlAdapter of kind {sorted(sources)} (world ground truth), got {got}"
         )
-    _check_common(control_scale, keep_examples)
+    _check_common(world, control_scale, control_guidance, cfg_scale, keep_examples)
     kind = adapter.kind
     adapter = adapter.to(world.device).eval()
     sample = {"steps": steps, "method": method, "cfg_scale": cfg_scale}
@@ -485,7 +519,8 @@ def evaluate_map_adapter(
         prompts, first, s = prompts_of(batch, use_caption), gt[:, :, 0], batch_seed(seed, k)
         ctrl = Control(adapter, control, scale=float(control_scale))
         videos = {
-            "with": world.generate(prompts, first, controls=[ctrl], num_frames=T, seed=s, **sample).pixels,
+            "with": _generate_controlled(world, prompts, first, ctrl, control_guidance=control_guidance,
+                                         sample=sample, num_frames=T, seed=s),
             "without": world.generate(prompts, first, num_frames=T, seed=s, **sample).pixels,
             "ground_truth": gt,
         }
@@ -506,8 +541,9 @@ def evaluate_map_adapter(
 
     out = summarize_map_adapter(per_clip, kind=kind)
     out["settings"] = _settings(
-        world, **sample, seed=seed, batch_size=batch_size, control_scale=control_scale, tolerance=tolerance,
-        use_caption=use_caption, clips_requested=clips, shard=shard,
+        world, **sample, seed=seed, batch_size=batch_size, control_scale=control_scale,
+        control_guidance=control_guidance, tolerance=tolerance, use_caption=use_caption, clips_requested=clips,
+        shard=shard,
     )  # fmt: skip
     out["per_clip"] = per_clip
     if keep_examples > 0:
@@ -691,8 +727,8 @@ def evaluate_adapter(
     """``evaluate_track_adapter`` for a "tracks" adapter, else ``evaluate_map_adapter``.
 
     ``num_tracks`` and ``tracker`` go to the track evaluation, ``tolerance`` to the map evaluation, ``kwargs``
-    (clips, batch_size, seed, steps, method, cfg_scale, control_scale, use_caption, progress, shard,
-    keep_examples) to either.
+    (clips, batch_size, seed, steps, method, cfg_scale, control_scale, control_guidance, use_caption, progress,
+    shard, keep_examples) to either.
     """
     if not isinstance(adapter, ControlAdapter):
         raise TypeError(f"adapter must be a ControlAdapter, got {type(adapter).__name__}")
