@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     p.add_argument("--method", default=None, help="ODE solver (default: the model's)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--shift", type=float, default=None, help="time-grid shift (default: the model's)")
     p.add_argument("--control-scale", type=float, default=1.0, help="scale of the adapters' hints")
     p.add_argument("--control-guidance", type=float, default=1.0,
                    help="CFG weight on the controls (with vs without, same prompt; 1: off; needs cfg-scale 1)")
@@ -105,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         tracker = make_tracker(args.tracker) if args.tracker == "lk" else make_tracker(args.tracker, device=d.device)
         sample = dict(
             clips=clips, batch_size=args.batch_size, steps=args.steps, method=args.method, cfg_scale=args.cfg_scale,
-            seed=args.seed, use_caption=not args.no_caption, progress=not args.quiet and d.is_main, shard=shard,
-            keep_examples=keep,
+            shift=args.shift, seed=args.seed, use_caption=not args.no_caption,
+            progress=not args.quiet and d.is_main, shard=shard, keep_examples=keep,
         )  # fmt: skip
         results: dict[str, Any] = {"world_size": d.world_size}
         tables: list[str] = []

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         r = evaluate_adapter(
             world, adapter, dataset, clips=args.clips, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-            method=args.method, cfg_scale=args.cfg_scale, control_scale=args.control_scale,
+            method=args.method, cfg_scale=args.cfg_scale, shift=args.shift, control_scale=args.control_scale,
             control_guidance=args.control_guidance,
             use_caption=not args.no_caption, progress=not args.quiet, num_tracks=args.num_tracks, tracker=tracker,
             keep_examples=args.examples,

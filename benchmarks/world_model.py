@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     results = evaluate_world_model(
         world, WorldDataset(args.data), clips=args.clips, batch_size=args.batch_size, steps=args.steps,
-        method=args.method, cfg_scale=args.cfg_scale, seed=args.seed, tracker=tracker,
+        method=args.method, cfg_scale=args.cfg_scale, shift=args.shift, seed=args.seed, tracker=tracker,
         use_caption=not args.no_caption, fall_px=args.fall_px, progress=not args.quiet,
         keep_examples=args.examples,
     )  # fmt: skip

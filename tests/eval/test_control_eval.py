@@ -121,8 +121,10 @@ def test_track_adapter_errors(wm, track_adapter, data):
 def test_control_guidance_guides_on_the_control_with_the_same_prompt(wm, track_adapter, data, monkeypatch):
     stand_in = StandIn(data, lambda controlled: "truth" if controlled else "frozen")
     monkeypatch.setattr(wm, "generate", stand_in)
-    r = evaluate_track_adapter(wm, track_adapter, data, clips=2, batch_size=2, progress=False, control_guidance=2.5)
+    r = evaluate_track_adapter(wm, track_adapter, data, clips=2, batch_size=2, progress=False, control_guidance=2.5,
+                               shift=3.0)  # fmt: skip
     with_call, without_call = stand_in.calls
+    assert with_call["shift"] == without_call["shift"] == r["settings"]["shift"] == 3.0
     (control,) = with_call["controls"]
     assert control.uncond is False  # the control only in the conditional branch ...
     assert with_call["negative_prompt"] == with_call["prompt"] and with_call["cfg_scale"] == 2.5  # ... same text

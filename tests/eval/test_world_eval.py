@@ -96,13 +96,14 @@ def test_shard_batches_and_seeds_cover_every_clip_once():
 def test_ground_truth_generator_beats_copy_and_falls(wm, data, monkeypatch, tmp_path):
     stand_in = StandIn(data, "truth")
     monkeypatch.setattr(wm, "generate", stand_in)
-    r = evaluate_world_model(wm, data, clips=2, batch_size=1, seed=5, progress=False, keep_examples=1)
+    r = evaluate_world_model(wm, data, clips=2, batch_size=1, seed=5, shift=3.0, progress=False, keep_examples=1)
 
-    # generate saw each clip's caption and ground-truth first frame, with one seed per batch
+    # generate saw each clip's caption and ground-truth first frame, with one seed per batch, and the shift
     assert [c["prompt"] for c in stand_in.calls] == [[data[0]["caption"]], [data[1]["caption"]]]
     for call, item in zip(stand_in.calls, data, strict=True):
         assert torch.equal(call["first_frame"][0].cpu(), item["video"][:, 0])
     assert [c["seed"] for c in stand_in.calls] == [batch_seed(5, 0), batch_seed(5, 1)]
+    assert [c["shift"] for c in stand_in.calls] == [3.0, 3.0] and r["settings"]["shift"] == 3.0
 
     assert r["clips"] == 2 and r["beats_copy_fraction"] == 1.0 and r["psnr_generated"] == math.inf
     assert r["psnr_copy"] < 30 and 0 < r["psnr_vae"] < math.inf

@@ -165,7 +165,7 @@ def summarize_track_adapter(per_clip: Sequence[dict[str, Any]], *, skipped: Sequ
 
 def _settings(world: Any, **kwargs: Any) -> dict[str, Any]:
     c = world.config
-    defaults = {"steps": c.steps, "method": c.method, "cfg_scale": c.cfg_scale}
+    defaults = {"steps": c.steps, "method": c.method, "cfg_scale": c.cfg_scale, "shift": c.shift}
     out = {k: (defaults[k] if v is None and k in defaults else v) for k, v in kwargs.items()}
     out["shard"] = list(check_shard(out["shard"]))
     return out
@@ -227,6 +227,7 @@ def evaluate_track_adapter(
     steps: int | None = None,
     method: str | None = None,
     cfg_scale: float | None = None,
+    shift: float | None = None,
     control_scale: float = 1.0,
     control_guidance: float = 1.0,
     use_caption: bool = True,
@@ -249,7 +250,7 @@ def evaluate_track_adapter(
         tracker: the point tracker (default ``LucasKanadeTracker()``).
         seed: batch k is generated with ``batch_seed(seed, k)``; clip i's tracks are drawn with
             ``batch_seed(seed, i)``.
-        steps, method, cfg_scale: sampling settings (None: the model's defaults).
+        steps, method, cfg_scale, shift: sampling settings (None: the model's defaults).
         control_scale: the ``Control``'s scale.
         control_guidance: CFG weight on the control (module docstring; 1: off, needs cfg_scale 1 otherwise).
         use_caption: condition on each clip's caption; False: the empty prompt.
@@ -276,7 +277,7 @@ def evaluate_track_adapter(
     if not isinstance(tracker, PointTracker):
         raise TypeError(f"tracker must be a wmgen.eval.tracks.PointTracker, got {type(tracker).__name__}")
     adapter = adapter.to(world.device).eval()
-    sample = {"steps": steps, "method": method, "cfg_scale": cfg_scale}
+    sample = {"steps": steps, "method": method, "cfg_scale": cfg_scale, "shift": shift}
 
     per_clip: list[dict[str, Any]] = []
     skipped: list[int] = []
@@ -457,6 +458,7 @@ def evaluate_map_adapter(
     steps: int | None = None,
     method: str | None = None,
     cfg_scale: float | None = None,
+    shift: float | None = None,
     control_scale: float = 1.0,
     control_guidance: float = 1.0,
     tolerance: int = 1,
@@ -480,7 +482,7 @@ def evaluate_map_adapter(
         clips: number of clips (the first ones); None: all.
         batch_size: clips generated together.
         seed: batch k is generated with ``batch_seed(seed, k)``.
-        steps, method, cfg_scale: sampling settings (None: the model's defaults).
+        steps, method, cfg_scale, shift: sampling settings (None: the model's defaults).
         control_scale: the ``Control``'s scale.
         control_guidance: CFG weight on the control (module docstring; 1: off, needs cfg_scale 1 otherwise).
         tolerance: edge matching tolerance in pixels.
@@ -506,7 +508,7 @@ def evaluate_map_adapter(
     _check_common(world, control_scale, control_guidance, cfg_scale, keep_examples)
     kind = adapter.kind
     adapter = adapter.to(world.device).eval()
-    sample = {"steps": steps, "method": method, "cfg_scale": cfg_scale}
+    sample = {"steps": steps, "method": method, "cfg_scale": cfg_scale, "shift": shift}
 
     per_clip: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
@@ -727,8 +729,8 @@ def evaluate_adapter(
     """``evaluate_track_adapter`` for a "tracks" adapter, else ``evaluate_map_adapter``.
 
     ``num_tracks`` and ``tracker`` go to the track evaluation, ``tolerance`` to the map evaluation, ``kwargs``
-    (clips, batch_size, seed, steps, method, cfg_scale, control_scale, control_guidance, use_caption, progress,
-    shard, keep_examples) to either.
+    (clips, batch_size, seed, steps, method, cfg_scale, shift, control_scale, control_guidance, use_caption,
+    progress, shard, keep_examples) to either.
     """
     if not isinstance(adapter, ControlAdapter):
         raise TypeError(f"adapter must be a ControlAdapter, got {type(adapter).__name__}")

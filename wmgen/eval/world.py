@@ -323,6 +323,7 @@ def evaluate_world_model(
     steps: int | None = None,
     method: str | None = None,
     cfg_scale: float | None = None,
+    shift: float | None = None,
     seed: int = 0,
     tracker: PointTracker | None = None,
     use_caption: bool = True,
@@ -341,7 +342,7 @@ def evaluate_world_model(
             object_ids, caption) at the model's resolution.
         clips: number of clips evaluated (the first ones); None: all.
         batch_size: clips generated together.
-        steps, method, cfg_scale: sampling settings (None: the model's defaults).
+        steps, method, cfg_scale, shift: sampling settings (None: the model's defaults).
         seed: batch k is generated with seed ``batch_seed(seed, k)``.
         tracker: point tracker of the motion check (default ``LucasKanadeTracker()``).
         use_caption: condition on each clip's caption; False: the empty prompt.
@@ -390,6 +391,7 @@ def evaluate_world_model(
             steps=steps,
             method=method,
             cfg_scale=cfg_scale,
+            shift=shift,
             seed=batch_seed(seed, k),
         ).pixels  # fmt: skip  (B, 3, T, H, W)
         copy = gt[:, :, :1].expand(-1, -1, T, -1, -1)  # (B, 3, T, H, W) frame 0 held still
@@ -430,6 +432,7 @@ def evaluate_world_model(
         "steps": world.config.steps if steps is None else steps,
         "method": world.config.method if method is None else method,
         "cfg_scale": world.config.cfg_scale if cfg_scale is None else cfg_scale,
+        "shift": world.config.shift if shift is None else shift,
         "seed": seed, "batch_size": batch_size, "tracker": repr(tracker), "use_caption": use_caption,
         "clips_requested": clips, "shard": list(check_shard(shard)),
     }  # fmt: skip
@@ -688,6 +691,8 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     p.add_argument("--method", default=None, help="ODE solver (default: the model's)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--shift", type=float, default=None, help="time-grid shift, > 1: more steps near the noise "
+                   "(default: the model's)")
     p.add_argument("--no-caption", action="store_true", help="generate from the empty prompt, not the captions")
     p.add_argument("--text", default=None, help="PrecomputedText table (.safetensors) instead of the model's encoder")
     p.add_argument("--examples", type=int, default=4, help="clips shown in the figures (0: none)")
