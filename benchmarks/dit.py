@@ -127,7 +127,8 @@ def run_case(
         if err > 1e-4:
             raise SystemExit(f"[{name}] {impl} and diffusers disagree ({err:.2e}): the mapping or the model is wrong")
 
-    optimizers = {impl: torch.optim.AdamW(model.parameters(), lr=1e-4) for impl, model in models.items()}
+    # The same optimizer for both, fused AdamW as in wmgen's trainer (wmgen.train.common.Trainer).
+    optimizers = {impl: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True) for impl, model in models.items()}
 
     def train_step(impl: str) -> None:
         loss = torch.nn.functional.mse_loss(calls[impl](), target)
