@@ -48,6 +48,7 @@ Example::
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,7 +196,7 @@ def _generate_controlled(
     """Pixels [B, 3, T, H, W] of the generation with ``control``, guided on it when ``control_guidance != 1``."""
     if control_guidance == 1.0:
         return world.generate(prompts, first, controls=[control], **sample, **kwargs).pixels
-    cond_only = Control(control.adapter, control.input, scale=control.scale, t_range=control.t_range, uncond=False)
+    cond_only = dataclasses.replace(control, uncond=False)
     guided = {**sample, "cfg_scale": float(control_guidance)}
     return world.generate(prompts, first, controls=[cond_only], negative_prompt=prompts, **guided, **kwargs).pixels
 

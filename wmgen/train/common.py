@@ -388,7 +388,7 @@ class Trainer:
         if not self.params:
             raise ValueError("model has no trainable parameters (all requires_grad=False)")
         # The fused kernel updates each tensor in one pass (foreach makes about a dozen): 3x faster on CPU.
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.params)
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.params)  # trainable: floating point
         self.optimizer = torch.optim.AdamW(
             self.params, lr=loop.lr, betas=loop.betas, weight_decay=loop.weight_decay, fused=fused
         )
