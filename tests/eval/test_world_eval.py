@@ -133,6 +133,25 @@ def test_frozen_first_frame_ties_copy_and_never_falls(wm, data, monkeypatch):
     assert table.count("\n") == 6 and "copy first frame" in table and "(floor)" in table
 
 
+def test_vae_row_tracks_the_reconstruction(wm, data, monkeypatch):
+    """The VAE row is the motion check's latent ceiling: a perfect autoencoder falls like the tracked ground
+    truth, one that decodes every clip into its first frame held still never falls."""
+    monkeypatch.setattr(wm, "generate", StandIn(data, "frozen"))
+    monkeypatch.setattr(wm, "encode_video", lambda video: video)
+    monkeypatch.setattr(wm, "decode", lambda z: z)  # a perfect autoencoder
+    r = evaluate_world_model(wm, data, clips=2, batch_size=2, progress=False)
+    assert r["psnr_vae"] == math.inf and r["vae_falls_fraction"] == 1.0
+    assert r["dy_vae"] == r["dy_floor"] == pytest.approx(7.0, abs=0.5) and r["falls_fraction"] == 0.0
+    objects = [o for c in r["per_clip"] for o in c["objects"]]
+    assert all(o["vae_falls"] == o["floor_falls"] for o in objects)
+
+    monkeypatch.setattr(wm, "decode", lambda z: z[:, :, :1].expand_as(z))  # holds frame 0 still
+    r = evaluate_world_model(wm, data, clips=2, batch_size=2, progress=False)
+    assert r["vae_falls_fraction"] == 0.0 and r["dy_vae"] == pytest.approx(0.0, abs=1e-3)
+    (row,) = [line for line in world_table(r).splitlines() if line.startswith("| VAE reconstruction")]
+    assert row.endswith("| - | 0 | 0 |")
+
+
 def test_fall_threshold_is_an_argument(wm, data, monkeypatch):
     monkeypatch.setattr(wm, "generate", StandIn(data, "truth"))
     r = evaluate_world_model(wm, data, clips=2, batch_size=2, progress=False, fall_px=7.0)  # only clip 0 (8 px)
