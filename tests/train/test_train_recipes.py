@@ -52,7 +52,7 @@ from wmgen.models.dit import DiTConfig
 from wmgen.models.text import TextEncoder, _pad
 from wmgen.models.vae import CausalVAE, VAEConfig
 from wmgen.pipeline import WorldModel
-from wmgen.train.adapter import AdapterTrainConfig, train_adapter
+from wmgen.train.adapter import AdapterTrainConfig, object_cell_weights, train_adapter
 from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
 from wmgen.train.flow import FlowTrainConfig, encode_latents, export_checkpoint, train_flow, velocity_error
 from wmgen.train.vae import VAETrainConfig, _crop, object_psnr, object_weights, train_vae
@@ -568,6 +568,30 @@ def test_velocity_error_skips_the_pinned_frames():
     assert not torch.allclose(velocity_error(moved, x1, x0), full)
 
 
+def test_velocity_error_weighted_mean():
+    g = torch.Generator().manual_seed(0)
+    x1, x0, v = (torch.randn(2, *LATENT, generator=g) for _ in range(3))
+    C, T, H, W = LATENT
+    uniform = torch.full((2, 1, T, H, W), 3.0)
+    torch.testing.assert_close(velocity_error(v, x1, x0, 1, uniform), velocity_error(v, x1, x0, 1))
+    one_cell = torch.full((2, 1, T, H, W), 1e-12)
+    one_cell[:, :, 1, 0, 0] = 1.0  # all the weight on latent cell (1, 0, 0)
+    expected = (v - (x1 - x0))[:, :, 1, 0, 0].square().mean(1)  # (2,) mean over channels
+    torch.testing.assert_close(velocity_error(v, x1, x0, 1, one_cell), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_object_cell_weights_follow_the_causal_grouping():
+    mask = torch.full((1, 9, 16, 16), -1)  # 9 frames -> latent frames {0}, {1..4}, {5..8}; 4 x 4 cells of 4 px
+    mask[0, 0, 0, 0] = 2  # frame 0, pixel (y 0, x 0): latent frame 0, cell (0, 0)
+    mask[0, 6, 9, 14] = 0  # frame 6, pixel (y 9, x 14): latent frame 2, cell (2, 3)
+    w = object_cell_weights(mask, 4.0, temporal_factor=4, spatial_factor=4)
+    assert w.shape == (1, 1, 3, 4, 4) and w.dtype == torch.float32
+    expected = torch.ones(1, 1, 3, 4, 4)
+    expected[0, 0, 0, 0, 0] = expected[0, 0, 2, 2, 3] = 5.0
+    assert torch.equal(w, expected)
+    assert torch.equal(object_cell_weights(mask, 0.0, temporal_factor=4, spatial_factor=4), torch.ones(1, 1, 3, 4, 4))
+
+
 def tokens_flow_config(data, out, **loop) -> FlowTrainConfig:
     return dataclasses.replace(flow_config(data, out, latents=True, **loop), image_condition="tokens")
 
@@ -672,6 +696,29 @@ def test_train_adapter_on_a_still_residual_backbone_trains_in_its_coordinates(da
     train_adapter(adapter_config(data, backbones["residual"], tmp_path / "a", "depth", steps=1))
     expected = torch.tensor(WorldModel.from_pretrained(backbones["residual"]).config.residual_scale)
     assert len(scales) == 2 and all(torch.equal(r, expected) for r in scales)  # training and validation clips
+
+
+def test_train_adapter_object_weight_weighs_the_object_cells(data, backbones, tmp_path, monkeypatch):
+    from wmgen.train import adapter as adapter_recipe
+
+    weights = []
+    error = adapter_recipe.velocity_error
+    monkeypatch.setattr(adapter_recipe, "velocity_error", lambda *a: (weights.append(a[4:]), error(*a))[1])
+    plain = train_losses(train_adapter(adapter_config(data, backbones["tokens"], tmp_path / "a", "tracks",
+                                                      steps=1, val_every=0)).parent)  # fmt: skip
+    assert weights == [(None,), (), (), (), ()]  # the training step, then the final validation (unweighted)
+    del weights[:]
+    config = dataclasses.replace(
+        adapter_config(data, backbones["tokens"], tmp_path / "b", "tracks", steps=1, val_every=0), object_weight=4.0
+    )
+    weighted = train_losses(train_adapter(config).parent)
+    (w,) = weights[0]
+    assert all(a == () for a in weights[1:])  # validation stays unweighted: comparable across runs
+    assert w.shape[:2] == (LOOP["batch_size"], 1) and w.shape[2:] == LATENT[1:]
+    assert set(w.unique().tolist()) == {1.0, 5.0}  # the clips' objects and the background
+    assert weighted[1] != pytest.approx(plain[1], rel=1e-4)  # same draws, another loss
+    with pytest.raises(ValueError, match="object_weight"):
+        dataclasses.replace(config, object_weight=-1.0)
 
 
 def test_train_adapter_resumes_exactly_and_refuses_bad_settings(data, backbones, tmp_path):

@@ -277,11 +277,15 @@ class FlowModule(nn.Module):
         return self.dit(x_t, t, context=self.null_text(context, drop), image_latent=image_latent)
 
 
-def velocity_error(v: Tensor, x1: Tensor, x0: Tensor, pinned: int = 0) -> Tensor:
+def velocity_error(v: Tensor, x1: Tensor, x0: Tensor, pinned: int = 0, weight: Tensor | None = None) -> Tensor:
     """Per-clip squared error [b] of the velocity v against the CondOT target x1 - x0, averaged over the latent
-    frames after the first ``pinned`` ones (``VideoDiT.pinned_frames``: given frames the model holds fixed)."""
+    frames after the first ``pinned`` ones (``VideoDiT.pinned_frames``: given frames the model holds fixed);
+    with ``weight`` [b, 1, T', H', W'] (> 0) the weighted mean over those cells."""
     error = v.float()[:, :, pinned:] - (x1[:, :, pinned:] - x0[:, :, pinned:])  # (b, C, T' - pinned, H', W')
-    return error.square().flatten(1).mean(1)
+    if weight is None:
+        return error.square().flatten(1).mean(1)
+    w = weight[:, :, pinned:].to(error.dtype).expand_as(error)  # (b, C, T' - pinned, H', W')
+    return (w * error.square()).flatten(1).sum(1) / w.flatten(1).sum(1)
 
 
 def _time_sampler(config: FlowTrainConfig):
