@@ -657,6 +657,33 @@ def backbones(data, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def test_train_flow_init_starts_from_an_exported_model(data, backbones, tmp_path):
+    start = WorldModel.from_pretrained(backbones["tokens"])
+    config = tokens_flow_config(data, tmp_path / "a", steps=1, lr=1e-9)
+    config = dataclasses.replace(config, init=str(backbones["tokens"]))
+    tuned = WorldModel.from_pretrained(train_flow(config))
+    fresh = WorldModel.from_pretrained(train_flow(tokens_flow_config(data, tmp_path / "b", steps=1, lr=1e-9)))
+    for name, value in start.dit.state_dict().items():  # one step at lr 1e-9 from the init's weights
+        torch.testing.assert_close(tuned.dit.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    assert not torch.allclose(fresh.dit.blocks[0].self_attn.qkv.weight, start.dit.blocks[0].self_attn.qkv.weight)
+    torch.testing.assert_close(tuned.null_text.embedding, start.null_text.embedding, rtol=0, atol=1e-6)
+    # a resumed run takes its weights from its checkpoint, not from init
+    run = tmp_path / "a"
+    train_flow(dataclasses.replace(config, out=str(run), loop=dataclasses.replace(config.loop, steps=2)), resume=True)
+    assert sorted(train_losses(run)) == [1, 2]
+
+
+def test_train_flow_init_refusals(data, backbones, tmp_path):
+    tokens = tokens_flow_config(data, tmp_path / "x", steps=1)
+    with pytest.raises(ValueError, match="init = .* has another DiT config"):
+        train_flow(dataclasses.replace(tokens, init=str(backbones["channels"])))
+    with pytest.raises(ValueError, match="generates still residuals .* target = 'latents'"):
+        train_flow(dataclasses.replace(tokens, init=str(backbones["residual"])))
+    with pytest.raises(FileNotFoundError, match="init = .* world_model.json"):
+        train_flow(dataclasses.replace(tokens, init=str(tmp_path / "nothing")))
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
 def adapter_config(data, model: Path, out: Path, kind: str, **loop) -> AdapterTrainConfig:
     return AdapterTrainConfig(
         kind=kind, model=str(model), data=str(data.train), val_data=str(data.val), latents=str(data.latents),

@@ -75,6 +75,9 @@ class FlowTrainConfig:
     vae: str = ""  # trained VAE directory (wmgen train vae): latent statistics and on-the-fly encoding
     out: str = "outputs/flow"  # run directory: checkpoints/, metrics.jsonl, model/ (the WorldModel)
     preset: str = "tiny"  # key of wmgen.models.dit.DIT_PRESETS
+    # an exported WorldModel (this recipe's <out>/model) to start from: its DiT and null text, same DiT config and
+    # latent space as this run's; "": fresh weights. Fine-tuning or a longer schedule on a trained model.
+    init: str = ""
     image_to_video: bool = True  # condition on the first frame
     # how the DiT sees the first frame (wmgen.models.dit docstring): Wan2.1-I2V channels or Wan2.2-TI2V tokens
     image_condition: Literal["channels", "tokens"] = "channels"
@@ -326,7 +329,10 @@ def train_flow(config: FlowTrainConfig, *, resume: bool = False) -> Path:
         dit_config = _dit_config(config, vae, encoder)
         dit = VideoDiT(dit_config, generator=torch.Generator().manual_seed(loop.seed))
         dit.gradient_checkpointing = config.gradient_checkpointing
-        module = FlowModule(dit, NullText(config.text_max_length, encoder.dim)).to(d.device)
+        module = FlowModule(dit, NullText(config.text_max_length, encoder.dim))
+        if config.init and not resume:  # a resumed run's checkpoint holds the weights
+            _load_init(module, config, vae, scale)
+        module = module.to(d.device)
         if not resume and (out / "checkpoints").exists():
             raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another out")
         trainer = Trainer(module, loop, out, dist=d, config=config, shard=list(dit.blocks))
@@ -408,6 +414,31 @@ def _dit_config(config: FlowTrainConfig, vae: CausalVAE, encoder) -> Any:
         DIT_PRESETS[config.preset], in_channels=vae.config.z_dim, out_channels=vae.config.z_dim,
         text_dim=encoder.dim, image_to_video=config.image_to_video, image_condition=config.image_condition,
     )  # fmt: skip
+
+
+def _load_init(module: FlowModule, config: FlowTrainConfig, vae: CausalVAE, scale: Tensor | None) -> None:
+    """Load ``config.init`` (an exported WorldModel) into ``module``: refused, naming what differs, unless its
+    DiT config, latent space (``_same_latent_space``), text width and target are this run's."""
+    from wmgen.pipeline import WorldModel
+
+    init = WorldModel.from_pretrained(_check_dir(config.init, "init", "world_model.json"))
+    where = f"init = {config.init!r}"
+    if init.dit.config != module.dit.config:
+        raise ValueError(f"{where} has another DiT config than this run's: {init.dit.config} vs {module.dit.config}")
+    _same_latent_space(vae, init.vae, config.init)
+    if init.null_text.embedding.shape != module.null_text.embedding.shape:
+        raise ValueError(
+            f"{where} has null text of shape {tuple(init.null_text.embedding.shape)}, this run "
+            f"{tuple(module.null_text.embedding.shape)} (text_max_length, the text encoder's width)"
+        )
+    theirs = init.config.residual_scale
+    if (theirs is None) != (scale is None) or (scale is not None and tuple(scale.tolist()) != tuple(theirs)):
+        raise ValueError(
+            f"{where} generates {'plain latents' if theirs is None else 'still residuals'} (residual_scale "
+            f"{theirs}), this run target = {config.target!r} (scale {None if scale is None else scale.tolist()})"
+        )
+    module.dit.load_state_dict(init.dit.state_dict())
+    module.null_text.load_state_dict(init.null_text.state_dict())
 
 
 def _use_target(config: FlowTrainConfig, *clips: LatentClips) -> Tensor | None:
