@@ -52,9 +52,16 @@ from wmgen.models.dit import DiTConfig
 from wmgen.models.text import TextEncoder, _pad
 from wmgen.models.vae import CausalVAE, VAEConfig
 from wmgen.pipeline import WorldModel
-from wmgen.train.adapter import AdapterTrainConfig, object_cell_weights, train_adapter
+from wmgen.train.adapter import AdapterTrainConfig, train_adapter
 from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
-from wmgen.train.flow import FlowTrainConfig, encode_latents, export_checkpoint, train_flow, velocity_error
+from wmgen.train.flow import (
+    FlowTrainConfig,
+    encode_latents,
+    export_checkpoint,
+    object_cell_weights,
+    train_flow,
+    velocity_error,
+)
 from wmgen.train.vae import VAETrainConfig, _crop, object_psnr, object_weights, train_vae
 
 RES, FRAMES, LC = 16, 5, 8  # pixels, frames per clip, text tokens
@@ -746,6 +753,34 @@ def test_train_adapter_object_weight_weighs_the_object_cells(data, backbones, tm
     assert weighted[1] != pytest.approx(plain[1], rel=1e-4)  # same draws, another loss
     with pytest.raises(ValueError, match="object_weight"):
         dataclasses.replace(config, object_weight=-1.0)
+
+
+@pytest.mark.parametrize("latents", [True, False], ids=["pre-encoded", "on-the-fly"])
+def test_train_flow_object_weight_weighs_the_object_cells(data, tmp_path, monkeypatch, latents):
+    from wmgen.train import flow
+
+    weights = []
+    error = flow.velocity_error
+    monkeypatch.setattr(flow, "velocity_error", lambda *a: (weights.append(a[4:]), error(*a))[1])
+    plain = train_losses(train_flow(flow_config(data, tmp_path / "a", latents=latents, steps=1)).parent)
+    del weights[:]
+    config = dataclasses.replace(flow_config(data, tmp_path / "b", latents=latents, steps=1), object_weight=3.0)
+    weighted = train_losses(train_flow(config).parent)
+    (w,) = weights[0]
+    assert all(a == () for a in weights[1:])  # validation stays unweighted
+    train_set = WorldDataset(data.train)
+    every = object_cell_weights(torch.stack([train_set[i]["mask"] for i in range(len(train_set))]), 3.0,
+                                temporal_factor=4, spatial_factor=4)  # fmt: skip  (N, 1, T', H', W')
+    assert w.shape == (LOOP["batch_size"], 1, *LATENT[1:]) and set(w.unique().tolist()) == {1.0, 4.0}
+    assert all(any(torch.equal(row, e) for e in every) for row in w)  # each clip's own object cells
+    assert weighted[1] != pytest.approx(plain[1], rel=1e-4)  # same draws, another loss
+    if latents:  # pre-encoded latents need the dataset they were encoded from, for its masks
+        moved = tmp_path / "moved"
+        shutil.copytree(data.latents, moved)
+        meta = json.loads((moved / "latents.json").read_text())
+        (moved / "latents.json").write_text(json.dumps({**meta, "data": str(tmp_path / "gone")}))
+        with pytest.raises(FileNotFoundError, match="object_weight needs the instance masks .* not there"):
+            train_flow(dataclasses.replace(config, latents=str(moved), out=str(tmp_path / "c")))
 
 
 def test_train_adapter_resumes_exactly_and_refuses_bad_settings(data, backbones, tmp_path):

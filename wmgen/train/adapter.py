@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmgen.config import validate
@@ -42,8 +41,7 @@ from wmgen.train.common import (
 )
 from wmgen.train.flow import CaptionTable, LatentClips, _time_sampler, velocity_error
 
-__all__ = ["ADAPTER_KINDS", "AdapterModule", "AdapterTrainConfig", "build_adapter", "object_cell_weights",
-           "train_adapter"]
+__all__ = ["ADAPTER_KINDS", "AdapterModule", "AdapterTrainConfig", "build_adapter", "train_adapter"]
 
 ADAPTER_KINDS = ("tracks", "depth", "edges", "mask")
 
@@ -99,26 +97,6 @@ def build_adapter(config: AdapterTrainConfig, world: Any, generator: torch.Gener
         return TrackAdapter(world.dit, frame_size=(size, size), id_dim=config.id_dim, **common)
     adapters = {"depth": DepthAdapter, "edges": EdgesAdapter, "mask": MaskAdapter}
     return adapters[config.kind](world.dit, **common)
-
-
-def object_cell_weights(mask: Tensor, object_weight: float, *, temporal_factor: int, spatial_factor: int) -> Tensor:
-    """Loss weights of latent cells: 1, plus ``object_weight`` where an object shows in the cell's pixels.
-
-    A latent cell covers ``spatial_factor``^2 pixels of the frames the causal VAE folds into its latent frame
-    (frame 0 alone, then groups of ``temporal_factor`` frames); it shows an object when any of them does.
-
-    Args:
-        mask: [b, T, H, W] integer instance masks (-1: background), T = 1 + temporal_factor k.
-        object_weight: the extra weight (>= 0).
-
-    Returns:
-        [b, 1, T', H', W'] fp32 weights.
-    """
-    f, s = temporal_factor, spatial_factor
-    occupied = (mask >= 0).float()[:, None]  # (b, 1, T, H, W)
-    occupied = torch.cat([occupied[:, :, :1].expand(-1, -1, f - 1, -1, -1), occupied], dim=2)  # (b, 1, f T', H, W)
-    occupied = F.max_pool3d(occupied, kernel_size=(f, s, s))  # (b, 1, T', H', W')
-    return 1.0 + object_weight * occupied
 
 
 class AdapterModule(nn.Module):
@@ -196,6 +174,8 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
         if world.residual_scale is not None:  # the backbone generates still residuals: train in its coordinates
             for clips in (train, val):
                 clips.use_residual(world.residual_scale.cpu())
+        if config.object_weight > 0:
+            train.use_object_weight(config.object_weight)  # validation stays unweighted
         encoder = world.text_encoder
         captions = CaptionTable(train.captions + val.captions, encoder, progress=loop.progress and d.is_main)
         adapter = build_adapter(config, world, generator=torch.Generator().manual_seed(loop.seed))
@@ -223,22 +203,17 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
             control = _control(config, items, gens, d.device)
             image = x1[:, :, 0] if world.dit.config.image_to_video else None  # (b, C, H', W')
             x0 = torch.stack([torch.randn(x1.shape[1:], generator=g) for g in gens]).to(d.device)
-            weight = None
-            if config.object_weight > 0:
-                vae = world.vae.config
-                mask = torch.stack([it["mask"] for it in items]).to(d.device)  # (b, T, H, W)
-                weight = object_cell_weights(mask, config.object_weight, temporal_factor=vae.temporal_factor,
-                                             spatial_factor=vae.spatial_factor)  # fmt: skip  (b, 1, T', H', W')
-            return x1, x0, context, drop, image, control, keep, weight
+            return x1, x0, context, drop, image, control, keep
 
         def loss_fn(step: int, micro: int, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
             part = trainer.part(micro)
             idx = global_batch_indices(len(train), loop.batch_size, step, loop.seed)[part]
             gens = example_generators(loop.seed, step, loop.batch_size)[part]
-            x1, x0, context, drop, image, control, keep, weight = batch(train, train_set, idx, gens, dropout=True)
+            x1, x0, context, drop, image, control, keep = batch(train, train_set, idx, gens, dropout=True)
             t = torch.cat([sampler.sample(1, generator=g) for g in gens]).to(d.device)  # (b,)
             tt = t.view(-1, 1, 1, 1, 1)
             v = trainer.model((1 - tt) * x0 + tt * x1, t, context, drop, image, control, keep)
+            weight = train.object_weights(idx) if config.object_weight > 0 else None  # (b, 1, T', H', W')
             return velocity_error(v, x1, x0, world.dit.pinned_frames(image), weight).mean(), {}
 
         def ema_module() -> AdapterModule:
@@ -258,7 +233,7 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
                 gens = example_generators(12345, k, n)  # the same noise and tracks at every validation
                 for start in range(0, n, 16):
                     idx = torch.arange(start, min(start + 16, n))
-                    x1, x0, context, drop, image, control, _, _ = batch(
+                    x1, x0, context, drop, image, control, _ = batch(
                         val, val_set, idx, gens[start : start + 16], dropout=False
                     )
                     x_t = (1 - t_k) * x0 + t_k * x1
