@@ -30,7 +30,7 @@ on load (or passed in, e.g. a ``PrecomputedText``).
 
 Example::
 
-    wm = WorldModel.from_pretrained("outputs/tiny_world_model")
+    wm = WorldModel.from_pretrained("checkpoints/tiny/world_model")   # the trained tiny model in the repository
     video = wm.generate("a red ball falls", first_frame=Image.open("start.png"), steps=16, seed=0)
     video.save("ball.mp4")                                    # and .gif / .png (a grid of frames)
     dark = GradientGuidance(wm.pixel_cost(lambda px: px.mean(dim=(1, 2, 3, 4))), 2.0)

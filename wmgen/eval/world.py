@@ -35,7 +35,7 @@ records into the summary.
 
 Example::
 
-    world = WorldModel.from_pretrained("outputs/tiny/flow/model")
+    world = WorldModel.from_pretrained("checkpoints/tiny/world_model")
     results = evaluate_world_model(world, WorldDataset("outputs/tiny/data/val"), clips=64, steps=16)
     results["psnr_generated"], results["psnr_copy"], results["falls_fraction"]
 """
