@@ -335,7 +335,6 @@ def object_cell_weights(mask: Tensor, object_weight: float, *, temporal_factor: 
     return 1.0 + object_weight * occupied
 
 
-
 def velocity_error(v: Tensor, x1: Tensor, x0: Tensor, pinned: int = 0, weight: Tensor | None = None) -> Tensor:
     """Per-clip squared error [b] of the velocity v against the CondOT target x1 - x0, averaged over the latent
     frames after the first ``pinned`` ones (``VideoDiT.pinned_frames``: given frames the model holds fixed);
