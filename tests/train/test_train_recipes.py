@@ -56,6 +56,7 @@ from wmgen.train.adapter import AdapterTrainConfig, train_adapter
 from wmgen.train.common import LoopConfig, latest_checkpoint, read_metrics
 from wmgen.train.flow import (
     FlowTrainConfig,
+    LatentClips,
     encode_latents,
     export_checkpoint,
     object_cell_weights,
@@ -585,6 +586,14 @@ def test_velocity_error_weighted_mean():
     one_cell[:, :, 1, 0, 0] = 1.0  # all the weight on latent cell (1, 0, 0)
     expected = (v - (x1 - x0))[:, :, 1, 0, 0].square().mean(1)  # (2,) mean over channels
     torch.testing.assert_close(velocity_error(v, x1, x0, 1, one_cell), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_latents_must_be_the_first_clips_of_their_dataset(data):
+    vae = CausalVAE.from_pretrained(data.vae)
+    clips = LatentClips(vae, latents=str(data.latents), device=torch.device("cpu"))
+    clips.check_first_clips_of(WorldDataset(data.train), "latents")  # encoded from it: accepted
+    with pytest.raises(ValueError, match=r"val_latents \(\d+ clips.*not the latents of the first clips"):
+        clips.check_first_clips_of(WorldDataset(data.val), "val_latents")
 
 
 def test_object_cell_weights_follow_the_causal_grouping():

@@ -166,11 +166,7 @@ def train_adapter(config: AdapterTrainConfig, *, resume: bool = False) -> Path:
         train = LatentClips(world.vae, latents=config.latents, data=config.data, device=d.device)
         val = LatentClips(world.vae, latents=config.val_latents, data=config.val_data, device=d.device)
         for clips, dataset, name in ((train, train_set, "latents"), (val, val_set, "val_latents")):
-            if len(clips) > len(dataset) or clips.captions != [r["caption"] for r in dataset.records[: len(clips)]]:
-                raise ValueError(
-                    f"{name} ({len(clips)} clips) are not the latents of the first clips of the world dataset "
-                    f"({len(dataset)} clips): encode them from the same dataset (wmgen data encode)"
-                )
+            clips.check_first_clips_of(dataset, name)
         if world.residual_scale is not None:  # the backbone generates still residuals: train in its coordinates
             for clips in (train, val):
                 clips.use_residual(world.residual_scale.cpu())

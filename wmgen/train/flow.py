@@ -196,6 +196,7 @@ class LatentClips:
     def __init__(self, vae: CausalVAE, *, latents: str = "", data: str = "", device: torch.device):
         self.vae, self.device = vae, device
         self.residual_scale: Tensor | None = None
+        self.weights: Tensor | None = None  # (N, 1, T', H', W') loss weights, after use_object_weight
         if latents:
             path = _check_dir(latents, "latents", LATENTS_FILE)
             tensors = load_file(path / LATENTS_FILE)
@@ -220,6 +221,16 @@ class LatentClips:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def check_first_clips_of(self, dataset: Any, name: str) -> None:
+        """ValueError naming ``name`` unless these clips are the first ``len(self)`` clips of the world dataset
+        (same captions in the same order)."""
+        if len(self) > len(dataset) or self.captions != [r["caption"] for r in dataset.records[: len(self)]]:
+            raise ValueError(
+                f"{name} ({len(self)} clips, {self.source!r}) are not the latents of the first clips of the world "
+                f"dataset {str(dataset.path)!r} ({len(dataset)} clips): encode them from the same dataset "
+                "(wmgen data encode)"
+            )
+
     def use_object_weight(self, object_weight: float, *, batch: int = 64) -> None:
         """Measure every clip's ``object_cell_weights`` [N, 1, T', H', W'] from its world dataset's instance masks
         (pre-encoded latents: the dataset they were encoded from), for ``object_weights``."""
@@ -234,8 +245,7 @@ class LatentClips:
                     f"encoded from, {source!r}, which is not there"
                 )
             dataset = WorldDataset(source)
-            if len(dataset) < len(self) or [r["caption"] for r in dataset.records[: len(self)]] != self.captions:
-                raise ValueError(f"latents {self.source!r} are not the first clips of the world dataset {source!r}")
+            self.check_first_clips_of(dataset, "latents")
         vae = self.vae.config
         weights = []
         for start in range(0, len(self), batch):
