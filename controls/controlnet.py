@@ -158,18 +158,17 @@ class ControlNetAdapter(ControlAdapter):
             raise ValueError("control features contain NaN or inf")
         return control
 
-    def hints(self, emb: DiTEmbeddings, control: Any) -> dict[int, Tensor]:
-        """Run the copied blocks on the backbone tokens plus the embedded control features.
+    def embed_control(self, emb: DiTEmbeddings, control: Any) -> Tensor:
+        """The control's contribution to the tokens the copied blocks start from: [B, L, D] fp32.
+
+        ``control_embed(patchify(features(control)))``; subclasses may add terms that read ``emb``.
 
         Args:
-            emb: ``VideoDiT.embed`` output of the backbone (tokens [B, L, D], modulation, context, rope, grid).
-            control: the control input, checked by ``check_control`` and encoded by ``features``.
-
-        Returns:
-            {target_blocks[i]: [B, L, D]} in fp32, one hint per copied block.
+            emb: ``VideoDiT.embed`` output of the backbone.
+            control: the control input, already checked by ``check_control``.
         """
-        feats = self.features(self.check_control(control))  # (B, Cc, T', H', W')
-        B, L, D = emb.tokens.shape
+        feats = self.features(control)  # (B, Cc, T', H', W')
+        B = emb.tokens.shape[0]
         pt, ph, pw = self.backbone_config.patch
         latent = tuple(g * p for g, p in zip(emb.grid, (pt, ph, pw), strict=True))
         if feats.shape != (B, self.control_channels, *latent):
@@ -178,7 +177,19 @@ class ControlNetAdapter(ControlAdapter):
                 f"{', '.join(map(str, latent))}] (token grid {emb.grid}, patch {(pt, ph, pw)}), "
                 f"got {tuple(feats.shape)}"
             )
-        h = emb.tokens + upcast(self.control_embed(patchify(feats, (pt, ph, pw))))  # (B, L, D)
+        return upcast(self.control_embed(patchify(feats, (pt, ph, pw))))  # (B, L, D)
+
+    def hints(self, emb: DiTEmbeddings, control: Any) -> dict[int, Tensor]:
+        """Run the copied blocks on the backbone tokens plus the embedded control (``embed_control``).
+
+        Args:
+            emb: ``VideoDiT.embed`` output of the backbone (tokens [B, L, D], modulation, context, rope, grid).
+            control: the control input, checked by ``check_control`` and encoded by ``features``.
+
+        Returns:
+            {target_blocks[i]: [B, L, D]} in fp32, one hint per copied block.
+        """
+        h = emb.tokens + self.embed_control(emb, self.check_control(control))  # (B, L, D)
         backend = get_attention_backend()
         out: dict[int, Tensor] = {}
         for target, block, proj in zip(self.target_blocks, self.copies, self.zero_proj, strict=True):

@@ -27,11 +27,12 @@ from torch import Tensor, nn
 
 from controls.controlnet import ControlNetAdapter
 from wmgen.models.dit import DiTEmbeddings, VideoDiT
-from wmgen.models.layers import timestep_embedding
+from wmgen.models.layers import timestep_embedding, upcast
 
 __all__ = [
     "TrackAdapter",
     "TrackControl",
+    "carry_first_frame",
     "expand_drag",
     "pin_tracks",
     "rasterize_tracks",
@@ -183,6 +184,36 @@ def track_id_embedding(ids: Tensor, dim: int) -> Tensor:
     return timestep_embedding(ids.float(), dim)  # (..., dim)
 
 
+def _bilinear_cells(xy: Tensor, visible: Tensor, cell_size: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The 4 cells around each pixel point on a grid of ``cell_size``-pixel cells, and their bilinear weights.
+
+    Cell (i, j) covers pixels [j s, (j + 1) s) in x, so its centre is at pixel j s + (s - 1) / 2. A point
+    between the centre of a border cell and the frame's edge is clamped to that centre, so the weights of a
+    visible point sum to 1; an invisible point gets weight 0 (its coordinates, NaN allowed, are not read).
+
+    Args:
+        xy: [..., 2] pixel coordinates (x, y).
+        visible: [...] bool.
+        cell_size: s, pixels per cell side.
+        grid: (H', W') cells.
+
+    Returns:
+        cells [..., 4] long flat index h' W' + w' within a frame; weights [..., 4] in xy's dtype.
+    """
+    Hl, Wl = grid
+    s = cell_size
+    xy = torch.where(visible[..., None], xy, torch.zeros((), dtype=xy.dtype, device=xy.device))  # NaN must not reach w
+    g = (xy - (s - 1) / 2) / s  # (..., 2) grid coordinates, cell centres at integers
+    gx, gy = g[..., 0].clamp(0, Wl - 1), g[..., 1].clamp(0, Hl - 1)  # 2 x (...)
+    x0, y0 = gx.detach().floor(), gy.detach().floor()
+    fx, fy = gx - x0, gy - y0  # fractional offsets in [0, 1)
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=Wl - 1), (y0 + 1).clamp(max=Hl - 1)  # a clamped neighbour gets weight 0
+    cells = torch.stack([y0 * Wl + x0, y0 * Wl + x1, y1 * Wl + x0, y1 * Wl + x1], dim=-1)  # (..., 4)
+    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)  # (..., 4)
+    return cells, w * visible[..., None]
+
+
 def rasterize_tracks(
     control: TrackControl,
     *,
@@ -243,25 +274,69 @@ def rasterize_tracks(
 
     frames = torch.arange(Tl, device=device) * temporal_factor  # (T',) pixel frame read by each latent frame
     vis = control.visible[:, frames]  # (B, T', N)
-    xy = control.tracks[:, frames].to(dtype)  # (B, T', N, 2)
-    xy = torch.where(vis[..., None], xy, torch.zeros((), dtype=dtype, device=device))  # NaN must not reach w
-    g = (xy - (s - 1) / 2) / s  # (B, T', N, 2) latent-grid coordinates, cell centres at integers
-    gx, gy = g[..., 0].clamp(0, Wl - 1), g[..., 1].clamp(0, Hl - 1)  # 2 x (B, T', N)
-    x0, y0 = gx.detach().floor(), gy.detach().floor()
-    fx, fy = gx - x0, gy - y0  # fractional offsets in [0, 1)
-    x0, y0 = x0.long(), y0.long()
-    x1, y1 = (x0 + 1).clamp(max=Wl - 1), (y0 + 1).clamp(max=Hl - 1)  # a clamped neighbour gets weight 0
-    cx = torch.stack([x0, x1, x0, x1], dim=-1)  # (B, T', N, 4)
-    cy = torch.stack([y0, y0, y1, y1], dim=-1)  # (B, T', N, 4)
-    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)  # (B, T', N, 4)
-    w = w * vis[..., None]
-
+    cell, w = _bilinear_cells(control.tracks[:, frames].to(dtype), vis, s, (Hl, Wl))  # 2 x (B, T', N, 4)
     bt = torch.arange(B * Tl, device=device).view(B, Tl, 1, 1)  # flat (b, t') index
-    cell = (bt * Hl + cy) * Wl + cx  # (B, T', N, 4) flat (b t' h' w') index
+    cell = bt * (Hl * Wl) + cell  # (B, T', N, 4) flat (b t' h' w') index
     values = w[..., None] * emb[:, None, :, None, :]  # (B, T', N, 4, D)
     volume = torch.zeros(B * Tl * Hl * Wl, dim, dtype=dtype, device=device)
     volume = volume.index_add(0, cell.flatten(), values.reshape(-1, dim))  # (B T' H' W', D)
     return rearrange(volume, "(b t h w) d -> b d t h w", b=B, t=Tl, h=Hl, w=Wl)  # (B, D, T', H', W')
+
+
+def carry_first_frame(
+    control: TrackControl,
+    frame0: Tensor,
+    *,
+    grid: tuple[int, int, int],
+    cell_size: int,
+    temporal_factor: int = 4,
+) -> Tensor:
+    """Carry each track's first-frame feature along the track (appearance transport).
+
+    Motion Prompting's IDs say *that* the point at a track's start goes to its later positions; the network
+    must still learn to match IDs across frames to know *what* goes there. This gives the answer directly:
+    each track visible at frame 0 reads the frame-0 feature at its start point (bilinear over the cells),
+    then writes it at its point of every later frame j >= 1 (pixel frame ``temporal_factor * j``) where it is
+    visible (bilinear splat). A cell's value is ``sum(w f) / max(sum(w), 1)``: the weighted mean where tracks
+    overlap, faded where only part of one track lands. Frame 0 gets nothing (it already shows the content);
+    tracks that start later carry nothing (there is no first-frame content for them).
+
+    Args:
+        control: the tracks, [B, T, N, 2] with T = 1 + temporal_factor (T' - 1), checked by the caller.
+        frame0: [B, H' W', D] features of frame 0 on the cell grid, in (h w) order.
+        grid: (T', H', W') cells.
+        cell_size: pixels per cell side.
+        temporal_factor: pixel frames per grid frame after the first.
+
+    Returns:
+        [B, T' H' W', D] in (t h w) order, in frame0's dtype.
+    """
+    Tl, Hl, Wl = grid
+    B, T, N, _ = control.tracks.shape
+    D = frame0.shape[-1]
+    if frame0.shape != (B, Hl * Wl, D):
+        raise ValueError(f"frame0 must be [B, H' W', D] = [{B}, {Hl * Wl}, D], got {tuple(frame0.shape)}")
+    if T != 1 + temporal_factor * (Tl - 1):
+        raise ValueError(f"tracks have T = {T} frames but the grid's T' = {Tl} needs {1 + temporal_factor * (Tl - 1)}")
+    device, dtype = frame0.device, frame0.dtype
+    tracks, visible = control.tracks.to(device, dtype), control.visible.to(device)
+
+    # 1. read: each track's feature at its frame-0 point
+    start, w0 = _bilinear_cells(tracks[:, 0], visible[:, 0], cell_size, (Hl, Wl))  # 2 x (B, N, 4)
+    picked = frame0.gather(1, start.reshape(B, N * 4, 1).expand(B, N * 4, D)).view(B, N, 4, D)
+    feature = (w0[..., None] * picked).sum(dim=2)  # (B, N, D)
+
+    # 2. write: at its point of every later grid frame, weighted mean over overlapping tracks
+    frames = torch.arange(Tl, device=device) * temporal_factor  # (T',)
+    vis = visible[:, frames] & visible[:, :1]  # (B, T', N) visible now and at frame 0
+    vis[:, 0] = False
+    cells, w = _bilinear_cells(tracks[:, frames], vis, cell_size, (Hl, Wl))  # 2 x (B, T', N, 4)
+    bt = torch.arange(B * Tl, device=device).view(B, Tl, 1, 1)
+    cells = (bt * (Hl * Wl) + cells).flatten()  # (B T' N 4,) flat (b t' h' w') index
+    values = w[..., None] * feature[:, None, :, None, :]  # (B, T', N, 4, D)
+    total = torch.zeros(B * Tl * Hl * Wl, D, dtype=dtype, device=device).index_add(0, cells, values.reshape(-1, D))
+    weight = torch.zeros(B * Tl * Hl * Wl, dtype=dtype, device=device).index_add(0, cells, w.flatten())
+    return (total / weight.clamp(min=1)[:, None]).view(B, Tl * Hl * Wl, D)  # (B, T' H' W', D)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -500,6 +575,11 @@ class TrackAdapter(ControlNetAdapter):
     given up front. The rest is ``ControlNetAdapter``: copies of the first ``num_blocks`` backbone blocks
     and zero-initialised projections, so an untrained adapter leaves the backbone unchanged.
 
+    With ``carry=True`` the branch is also told *what* moves, not only where: each track's frame-0 token
+    (the backbone's embedding of the first frame at the track's start) is carried along the track
+    (``carry_first_frame``, on the token grid) and added through its own zero-initialised Linear(D, D), so
+    the copied blocks see the object's appearance at the cells where the prompt puts it.
+
     Example::
 
         backbone = VideoDiT(DIT_PRESETS["tiny"]).requires_grad_(False)
@@ -517,6 +597,7 @@ class TrackAdapter(ControlNetAdapter):
         num_blocks: number of copied blocks.
         target_blocks: backbone block receiving copy i's hint (default copy i -> block i).
         encoder: refine the rasterised volume with the residual conv above.
+        carry: carry each track's first-frame token along the track (needs a 1 x p x p patch).
         generator: draws the encoder's initial weights (the copies come from the backbone, the projections
             are zero).
     """
@@ -534,6 +615,7 @@ class TrackAdapter(ControlNetAdapter):
         num_blocks: int = 2,
         target_blocks: Sequence[int] | None = None,
         encoder: bool = True,
+        carry: bool = False,
         generator: torch.Generator | None = None,
     ):
         H, W = _check_frame_size(frame_size)
@@ -546,6 +628,14 @@ class TrackAdapter(ControlNetAdapter):
             raise ValueError(f"id_dim must be an even int >= 2 (sinusoidal ID embedding), got {id_dim!r}")
         if not isinstance(encoder, bool):
             raise TypeError(f"encoder must be a bool, got {encoder!r}")
+        if not isinstance(carry, bool):
+            raise TypeError(f"carry must be a bool, got {carry!r}")
+        pt, ph, pw = backbone.config.patch
+        if carry and (pt != 1 or ph != pw):
+            raise ValueError(
+                f"carry=True reads frame 0 from the first token frame on square token cells: the backbone's patch "
+                f"must be (1, p, p), got {(pt, ph, pw)}"
+            )
         super().__init__(
             backbone, control_channels=id_dim, num_blocks=num_blocks, target_blocks=target_blocks, kind="tracks"
         )
@@ -563,6 +653,11 @@ class TrackAdapter(ControlNetAdapter):
                 if isinstance(m, nn.Conv3d):
                     nn.init.xavier_uniform_(m.weight, generator=generator)
                     nn.init.zeros_(m.bias)
+        D = backbone.config.dim
+        self.carry_embed = nn.Linear(D, D) if carry else None
+        if self.carry_embed is not None and not self.carry_embed.weight.is_meta:
+            nn.init.zeros_(self.carry_embed.weight)  # zero-initialised like every input of the branch
+            nn.init.zeros_(self.carry_embed.bias)
 
     def constructor_args(self) -> dict:
         return {
@@ -573,6 +668,7 @@ class TrackAdapter(ControlNetAdapter):
             "num_blocks": len(self.copies),
             "target_blocks": list(self.target_blocks),
             "encoder": self.encoder is not None,
+            "carry": self.carry_embed is not None,
         }
 
     def latent_grid(self, num_frames: int) -> tuple[int, int, int]:
@@ -609,6 +705,18 @@ class TrackAdapter(ControlNetAdapter):
         )  # (B, id_dim, T', H', W')
         volume = volume.to(self.control_embed.weight.dtype)
         return volume if self.encoder is None else volume + self.encoder(volume)  # (B, id_dim, T', H', W')
+
+    def embed_control(self, emb: DiTEmbeddings, control: TrackControl) -> Tensor:
+        """The embedded ID volume, plus (``carry``) the first-frame tokens carried along the tracks: [B, L, D]."""
+        h = super().embed_control(emb, control)  # (B, L, D)
+        if self.carry_embed is None:
+            return h
+        _, Hg, Wg = emb.grid
+        frame0 = emb.tokens[:, : Hg * Wg]  # (B, Hg Wg, D) tokens of latent frame 0 (patch (1, p, p))
+        cell = self.spatial_factor * self.backbone_config.patch[1]  # pixels per token side
+        tf = self.temporal_factor
+        carried = carry_first_frame(control, frame0, grid=emb.grid, cell_size=cell, temporal_factor=tf)  # (B, L, D)
+        return h + upcast(self.carry_embed(carried.to(self.carry_embed.weight.dtype)))  # (B, L, D)
 
     def hints(self, emb: DiTEmbeddings, control: TrackControl) -> dict[int, Tensor]:
         """``ControlNetAdapter.hints`` after checking the tracks against the latents in ``emb``.

@@ -9,6 +9,7 @@ import torch
 
 from controls.tracks import (
     TrackControl,
+    carry_first_frame,
     expand_drag,
     pin_tracks,
     rasterize_tracks,
@@ -324,6 +325,40 @@ def test_world_batch_round_trip(tmp_path):
     drag.validate(frame_size=(16, 16))
 
 
+def carry(control: TrackControl, frame0: torch.Tensor) -> torch.Tensor:
+    """carry_first_frame on GRID's 4 x 4 cells of S pixels, as [T', H', W', D]."""
+    out = carry_first_frame(control, frame0, grid=GRID, cell_size=S)
+    return out.view(GRID[0], GRID[1], GRID[2], -1)
+
+
+def test_carry_moves_the_start_cells_feature_along_the_track():
+    frame0 = torch.eye(16)[None]  # (1, 16 cells, D = 16): cell h' * 4 + w' holds one-hot(h' * 4 + w')
+    tracks = torch.tensor([[centre(2), centre(1)], [centre(0), centre(3)], [centre(1) + S / 2, centre(3)]])
+    control = TrackControl(tracks[None, [0, 0, 0, 0, 1, 1, 1, 1, 2], None], torch.ones(1, 9, 1, dtype=torch.bool))
+    out = carry(control, frame0)
+    assert out[0].abs().sum() == 0  # frame 0 already shows its content
+    assert torch.equal(out[1, 3, 0], frame0[0, 1 * 4 + 2])  # start cell (h', w') = (1, 2) now at (3, 0)
+    assert out[1].abs().sum() == 1
+    half = 0.5 * frame0[0, 6]  # half a track lands on each of (3, 1) and (3, 2): faded, not renormalised
+    assert torch.equal(out[2, 3, 1], half) and torch.equal(out[2, 3, 2], half) and out[2].abs().sum() == 1
+
+
+def test_carry_reads_bilinearly_averages_overlaps_and_skips_late_tracks():
+    frame0 = torch.arange(16.0).view(1, 16, 1)  # (1, 16, D = 1): cell index as the feature
+    start = torch.tensor([[centre(0) + S / 4, centre(0)], [centre(3), centre(3)], [centre(2), centre(2)]])
+    end = torch.tensor([[centre(1), centre(1)], [centre(1), centre(1)], [centre(0), centre(0)]])
+    tracks = torch.stack([start] * 4 + [end] * 5)[None]  # (1, 9, 3, 2)
+    visible = torch.ones(1, 9, 3, dtype=torch.bool)
+    visible[0, 0, 2] = False  # track 2 starts at frame 1: no first-frame content to carry
+    out = carry(TrackControl(tracks, visible), frame0)
+    read0 = 0.75 * 0 + 0.25 * 1  # track 0 starts a quarter of the way from cell (0, 0) to (0, 1)
+    assert out[1, 1, 1, 0].item() == pytest.approx((read0 + 15) / 2)  # two tracks in one cell: their mean
+    assert out[1, 0, 0, 0] == 0 and out[2, 0, 0, 0] == 0  # the late track wrote nothing
+    assert torch.equal(carry(TrackControl(tracks, visible & False), frame0), torch.zeros(3, 4, 4, 1))
+    with pytest.raises(ValueError, match=r"frame0 must be \[B, H' W', D\] = \[1, 16, D\]"):
+        carry_first_frame(TrackControl(tracks, visible), frame0[:, :8], grid=GRID, cell_size=S)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # TrackAdapter
 
@@ -392,6 +427,41 @@ def test_track_adapter_gradients_and_control_effect():
         assert not torch.allclose(loss(control), loss(moved))
 
 
+def test_track_adapter_carry_adds_the_carried_first_frame_tokens():
+    from controls.tracks import TrackAdapter
+
+    backbone = tiny_backbone()
+    adapter = TrackAdapter(backbone, frame_size=(32, 32), id_dim=8, carry=True)
+    x, t, context, control = adapter_inputs()
+    emb = backbone.embed(x, t, context=context)
+    assert torch.equal(backbone(x, t, context=context, hints=adapter.hints(emb, control)),
+                       backbone(x, t, context=context))  # fmt: skip  # zero-initialised like the rest
+    plain = TrackAdapter(backbone, frame_size=(32, 32), id_dim=8)
+    plain.load_state_dict(adapter.state_dict(), strict=False)
+    with torch.no_grad():
+        for m in (adapter.carry_embed, *adapter.zero_proj, adapter.control_embed):
+            for p in m.parameters():
+                p.normal_(std=0.1, generator=torch.Generator().manual_seed(5))
+        plain.load_state_dict({k: v for k, v in adapter.state_dict().items() if not k.startswith("carry")})
+        frame0 = emb.tokens[:, :4]  # (B, 2 x 2 tokens, D): token cells of 16 pixels
+        carried = carry_first_frame(control, frame0, grid=emb.grid, cell_size=16)
+        expected = plain.embed_control(emb, control) + adapter.carry_embed(carried)
+        assert torch.allclose(adapter.embed_control(emb, control), expected, atol=1e-6)
+        assert carried.abs().sum() > 0
+    emb = backbone.embed(x, t, context=context)
+    backbone(x, t, context=context, hints=adapter.hints(emb, control)).square().mean().backward()
+    assert all(p.grad.abs().sum() > 0 for p in adapter.carry_embed.parameters())
+
+    from wmgen.models.dit import DiTConfig, VideoDiT
+
+    tall = VideoDiT(DiTConfig(dim=32, num_layers=1, num_heads=2, ffn_dim=64, text_dim=16, in_channels=4,
+                              out_channels=4, patch=(2, 2, 2)))  # fmt: skip
+    with pytest.raises(ValueError, match=r"carry=True .* patch must be \(1, p, p\), got \(2, 2, 2\)"):
+        TrackAdapter(tall, frame_size=(32, 32), carry=True)
+    with pytest.raises(TypeError, match="carry must be a bool, got 1"):
+        TrackAdapter(backbone, frame_size=(32, 32), carry=1)
+
+
 def test_track_adapter_checks_controls_and_round_trips(tmp_path):
     from controls.base import ControlAdapter
     from controls.tracks import TrackAdapter
@@ -417,7 +487,7 @@ def test_track_adapter_checks_controls_and_round_trips(tmp_path):
     assert adapter.encoder is None and torch.equal(adapter.features(control), rasterize_tracks(
         control, frame_size=(32, 32), latent_grid=(2, 4, 4), spatial_factor=8, dim=8))  # fmt: skip
 
-    trained = TrackAdapter(backbone, frame_size=(32, 32), id_dim=8, target_blocks=[1, 0], num_blocks=2)
+    trained = TrackAdapter(backbone, frame_size=(32, 32), id_dim=8, target_blocks=[1, 0], num_blocks=2, carry=True)
     with torch.no_grad():
         for p in trained.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(4)) * 0.1)

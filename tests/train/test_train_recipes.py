@@ -700,21 +700,26 @@ def test_train_flow_init_refusals(data, backbones, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-def adapter_config(data, model: Path, out: Path, kind: str, **loop) -> AdapterTrainConfig:
+def adapter_config(data, model: Path, out: Path, kind: str, carry: bool = False, **loop) -> AdapterTrainConfig:
     return AdapterTrainConfig(
         kind=kind, model=str(model), data=str(data.train), val_data=str(data.val), latents=str(data.latents),
         val_latents=str(data.val_latents), out=str(out), num_blocks=1, id_dim=8, max_tracks=8, val_clips=4,
-        val_times=2, loop=LoopConfig(**{**LOOP, "val_every": 4, **loop}),
+        val_times=2, carry=carry, loop=LoopConfig(**{**LOOP, "val_every": 4, **loop}),
     )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("kind", "layout", "cls"),
-    [("tracks", "tokens", TrackAdapter), ("depth", "channels", DepthAdapter), ("tracks", "residual", TrackAdapter)],
+    ("kind", "layout", "cls", "carry"),
+    [
+        ("tracks", "tokens", TrackAdapter, False),
+        ("tracks", "tokens", TrackAdapter, True),
+        ("depth", "channels", DepthAdapter, False),
+        ("tracks", "residual", TrackAdapter, False),
+    ],
 )
-def test_train_adapter_moves_only_the_adapter_and_exports_it(data, backbones, tmp_path, kind, layout, cls):
+def test_train_adapter_moves_only_the_adapter_and_exports_it(data, backbones, tmp_path, kind, layout, cls, carry):
     out = tmp_path / kind
-    path = train_adapter(adapter_config(data, backbones[layout], out, kind))
+    path = train_adapter(adapter_config(data, backbones[layout], out, kind, carry))
     assert path == out / "adapter" and sorted(train_losses(out)) == [1, 2, 3, 4]
     val = [m for m in read_metrics(out) if "val_loss" in m]
     assert [m["step"] for m in val] == [4]
@@ -723,6 +728,7 @@ def test_train_adapter_moves_only_the_adapter_and_exports_it(data, backbones, tm
     state = tensors(out, 4)
     adapter = ControlAdapter.from_pretrained(path)
     assert type(adapter) is cls and adapter.kind == kind
+    assert (getattr(adapter, "carry_embed", None) is not None) == carry
     # the backbone is frozen: only the adapter's parameters are optimised, averaged and checkpointed
     trained = {f"adapter.{name}" for name, _ in adapter.named_parameters()}
     assert set(state["model"]) == set(state["ema"]) == trained
@@ -814,6 +820,8 @@ def test_train_adapter_resumes_exactly_and_refuses_bad_settings(data, backbones,
         train_adapter(dataclasses.replace(config, out=str(tmp_path / "f"), loop=fsdp))
     with pytest.raises(ValueError, match="model must be given"):
         train_adapter(dataclasses.replace(config, model=""))
+    with pytest.raises(ValueError, match="carry is an option of the tracks adapter, got kind = 'depth'"):
+        dataclasses.replace(config, kind="depth", carry=True)
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

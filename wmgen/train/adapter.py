@@ -62,6 +62,7 @@ class AdapterTrainConfig:
     id_dim: int = field(default=64, metadata={"range": (2, None)})  # tracks: sinusoidal ID channels
     min_tracks: int = field(default=1, metadata={"range": (1, None)})  # tracks: fewest sampled per clip
     max_tracks: int = field(default=0, metadata={"range": (0, None)})  # tracks: most per clip; 0: all stored
+    carry: bool = False  # tracks: also carry each track's first-frame token along it (TrackAdapter carry)
     control_dropout: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # P(no control for a sample)
     object_weight: float = field(default=0.0, metadata={"range": (0.0, None)})  # extra loss weight, object cells
     text_dropout: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # as in the backbone's training
@@ -77,6 +78,8 @@ class AdapterTrainConfig:
         if isinstance(self.target_blocks, list):
             object.__setattr__(self, "target_blocks", tuple(self.target_blocks))
         validate(self)
+        if self.carry and self.kind != "tracks":
+            raise ValueError(f"carry is an option of the tracks adapter, got kind = {self.kind!r} with carry = True")
 
 
 def build_adapter(config: AdapterTrainConfig, world: Any, generator: torch.Generator | None = None) -> nn.Module:
@@ -94,7 +97,7 @@ def build_adapter(config: AdapterTrainConfig, world: Any, generator: torch.Gener
     }
     if config.kind == "tracks":
         size = world.config.resolution
-        return TrackAdapter(world.dit, frame_size=(size, size), id_dim=config.id_dim, **common)
+        return TrackAdapter(world.dit, frame_size=(size, size), id_dim=config.id_dim, carry=config.carry, **common)
     adapters = {"depth": DepthAdapter, "edges": EdgesAdapter, "mask": MaskAdapter}
     return adapters[config.kind](world.dit, **common)
 
