@@ -69,6 +69,8 @@ def test_select_tracks_is_a_seeded_subset_of_the_frame0_visible():
 def test_ground_truth_reaches_the_floor_and_a_frozen_frame_does_not(wm, track_adapter, data, monkeypatch):
     stand_in = StandIn(data, lambda controlled: "truth" if controlled else "frozen")
     monkeypatch.setattr(wm, "generate", stand_in)
+    monkeypatch.setattr(wm, "encode_video", lambda video: video)  # a lossless "VAE": the latent floor is the floor
+    monkeypatch.setattr(wm, "decode", lambda latents: latents)
     r = evaluate_track_adapter(wm, track_adapter, data, clips=2, num_tracks=6, batch_size=2, seed=1, progress=False)
 
     # the same noise with and without control; the control holds the chosen simulator tracks
@@ -85,6 +87,7 @@ def test_ground_truth_reaches_the_floor_and_a_frozen_frame_does_not(wm, track_ad
 
     assert r["clips"] == 2 and r["points"] == 2 * 6 * 5 and r["skipped_clips"] == []
     assert r["epe_with_px"] == r["epe_floor_px"] < 0.5  # the ground truth is the floor exactly
+    assert r["epe_vae_px"] == r["epe_floor_px"] and r["ratio_to_vae"] == 1.0
     assert r["epe_without_px"] == pytest.approx(torch.cat(moved).mean().item(), abs=1e-4)  # held still
     assert r["epe_without_px"] > 1.0
     assert r["ratio_to_uncontrolled"] < 0.3 and r["ratio_to_floor"] == 1.0 and r["goal"]["met"]
@@ -92,8 +95,10 @@ def test_ground_truth_reaches_the_floor_and_a_frozen_frame_does_not(wm, track_ad
     assert "ratio <= 0.3" in track_table(r)
 
     monkeypatch.setattr(wm, "generate", StandIn(data, "frozen"))
+    monkeypatch.setattr(wm, "decode", lambda video: video[:, :, :1].expand_as(video))  # a VAE that loses motion
     frozen = evaluate_track_adapter(wm, track_adapter, data, clips=2, num_tracks=6, progress=False, seed=1)
     assert frozen["epe_with_px"] == frozen["epe_without_px"] == pytest.approx(r["epe_without_px"])
+    assert frozen["epe_vae_px"] == frozen["epe_without_px"] and "through the VAE" in track_table(frozen)
     assert frozen["ratio_to_uncontrolled"] == 1.0 and not frozen["goal"]["met"]
 
 

@@ -10,7 +10,10 @@ where the requested track is visible, gives three numbers:
 
 - ``epe_with``: the controlled generation; ``epe_without``: the same model without the adapter;
 - ``epe_floor``: the ground-truth render, which moves exactly as requested: whatever error remains there is the
-  tracker's own, the floor of any generation.
+  tracker's own, the floor of any generation;
+- ``epe_vae``: the ground truth through the model's VAE (encode, decode): the floor of any generation in this
+  latent space, i.e. what a perfectly obedient model would score. Not part of the goal; it tells whether the
+  goal's "2x the floor" is reachable by the DiT and adapter at all, or first needs a better VAE.
 
 Goal: ``epe_with <= 0.3 epe_without`` and ``epe_with <= 2 epe_floor``.
 
@@ -144,17 +147,18 @@ def summarize_track_adapter(per_clip: Sequence[dict[str, Any]], *, skipped: Sequ
     """
     points = sum(r["points"] for r in per_clip)
     out: dict[str, Any] = {"kind": "tracks", "clips": len(per_clip), "skipped_clips": sorted(skipped), "points": points}
-    for name in ("with", "without", "floor"):
+    for name in ("with", "without", "floor", "vae"):
         for unit in ("px", "norm"):
             key = f"epe_{name}_{unit}"
             out[key] = sum(r[key] * r["points"] for r in per_clip) / points if points else None
     if points:
         out["ratio_to_uncontrolled"] = _ratio(out["epe_with_px"], out["epe_without_px"])
         out["ratio_to_floor"] = _ratio(out["epe_with_px"], out["epe_floor_px"])
+        out["ratio_to_vae"] = _ratio(out["epe_with_px"], out["epe_vae_px"])
         a = out["ratio_to_uncontrolled"] <= TRACK_GOAL_UNCONTROLLED
         b = out["ratio_to_floor"] <= TRACK_GOAL_FLOOR
     else:
-        out["ratio_to_uncontrolled"] = out["ratio_to_floor"] = None
+        out["ratio_to_uncontrolled"] = out["ratio_to_floor"] = out["ratio_to_vae"] = None
         a = b = False
     out["goal"] = {
         f"at_most_{TRACK_GOAL_UNCONTROLLED:g}x_uncontrolled": bool(a),
@@ -261,9 +265,10 @@ def evaluate_track_adapter(
 
     Returns:
         ``summarize_track_adapter`` of this shard's clips -- ``clips``, ``skipped_clips``, ``points`` (scored
-        pairs), ``epe_{with,without,floor}_{px,norm}`` (norm: divided by the frame diagonal),
-        ``ratio_to_uncontrolled`` (with / without), ``ratio_to_floor`` (with / floor), ``goal`` -- plus
-        ``settings``, ``per_clip`` (clip, tracks, points and the six EPEs) and, with ``keep_examples``,
+        pairs), ``epe_{with,without,floor,vae}_{px,norm}`` (norm: divided by the frame diagonal),
+        ``ratio_to_uncontrolled`` (with / without), ``ratio_to_floor`` (with / floor), ``ratio_to_vae``
+        (with / vae), ``goal`` -- plus ``settings``, ``per_clip`` (clip, tracks, points and the eight EPEs)
+        and, with ``keep_examples``,
         ``examples``: [{clip, caption, tracks [T, K, 2], visible [T, K], with_control, without_control,
         ground_truth [3, T, H, W]}] (CPU tensors, not JSON: pop it before writing the rest).
     """
@@ -310,6 +315,7 @@ def evaluate_track_adapter(
                                          sample=sample, num_frames=T, seed=s),
             "without": world.generate(prompts, first, num_frames=T, seed=s, **sample).pixels,
             "floor": gt,
+            "vae": world.decode(world.encode_video(gt)),  # (B, 3, T, H, W) the latent space's floor
         }
 
         # 3. re-track the requested points in each video
@@ -698,6 +704,8 @@ def track_table(results: dict[str, Any]) -> str:
              r["ratio_to_uncontrolled"], f"ratio <= {TRACK_GOAL_UNCONTROLLED:g}"],
             ["ground truth (tracker floor)", r["epe_floor_px"], r["epe_floor_norm"], r["ratio_to_floor"],
              f"ratio <= {TRACK_GOAL_FLOOR:g}"],
+            ["ground truth through the VAE (latent floor)", r["epe_vae_px"], r["epe_vae_norm"], r["ratio_to_vae"],
+             None],
         ],
     )  # fmt: skip
 
