@@ -3,7 +3,8 @@ Trajectories").
 
 Sparse 2D point tracks steer the video model: each track gets a sinusoidal ID embedding, every visible
 track point writes its embedding into a space-time volume at latent resolution (bilinear splatting), and
-the volume enters the frozen backbone through a ControlNet branch (``TrackAdapter``). Users make tracks
+the volume enters the frozen backbone through a ControlNet branch (``TrackAdapter``); optionally the branch
+also gets each track's first-frame token carried along the track (``carry_first_frame``). Users make tracks
 by hand (``pin_tracks`` holds points still, ``expand_drag`` turns one mouse drag into a grid of tracks on
 the dragged object); training draws them from the simulator's ground truth (``sample_tracks``).
 
