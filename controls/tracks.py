@@ -215,6 +215,27 @@ def _bilinear_cells(xy: Tensor, visible: Tensor, cell_size: int, grid: tuple[int
     return cells, w * visible[..., None]
 
 
+def _splat(cells: Tensor, w: Tensor, values: Tensor, cells_per_frame: int) -> Tensor:
+    """Sum each track's value into its 4 cells of every frame, with the bilinear weights.
+
+    Args:
+        cells: [B, T', N, 4] flat cell index within a frame (``_bilinear_cells``).
+        w: [B, T', N, 4] weights (0 where invisible).
+        values: [B, N, D] one value per track.
+        cells_per_frame: H' W'.
+
+    Returns:
+        [B T' H' W', D] in (b t h w) order, in values' dtype.
+    """
+    B, Tl = cells.shape[:2]
+    D = values.shape[-1]
+    bt = torch.arange(B * Tl, device=cells.device).view(B, Tl, 1, 1)  # flat (b, t') index
+    flat = (bt * cells_per_frame + cells).flatten()  # (B T' N 4,) flat (b t' h' w') index
+    weighted = w[..., None].to(values.dtype) * values[:, None, :, None, :]  # (B, T', N, 4, D)
+    out = torch.zeros(B * Tl * cells_per_frame, D, dtype=values.dtype, device=values.device)
+    return out.index_add(0, flat, weighted.reshape(-1, D))  # (B T' H' W', D)
+
+
 def rasterize_tracks(
     control: TrackControl,
     *,
@@ -275,12 +296,8 @@ def rasterize_tracks(
 
     frames = torch.arange(Tl, device=device) * temporal_factor  # (T',) pixel frame read by each latent frame
     vis = control.visible[:, frames]  # (B, T', N)
-    cell, w = _bilinear_cells(control.tracks[:, frames].to(dtype), vis, s, (Hl, Wl))  # 2 x (B, T', N, 4)
-    bt = torch.arange(B * Tl, device=device).view(B, Tl, 1, 1)  # flat (b, t') index
-    cell = bt * (Hl * Wl) + cell  # (B, T', N, 4) flat (b t' h' w') index
-    values = w[..., None] * emb[:, None, :, None, :]  # (B, T', N, 4, D)
-    volume = torch.zeros(B * Tl * Hl * Wl, dim, dtype=dtype, device=device)
-    volume = volume.index_add(0, cell.flatten(), values.reshape(-1, dim))  # (B T' H' W', D)
+    cells, w = _bilinear_cells(control.tracks[:, frames].to(dtype), vis, s, (Hl, Wl))  # 2 x (B, T', N, 4)
+    volume = _splat(cells, w, emb, Hl * Wl)  # (B T' H' W', D)
     return rearrange(volume, "(b t h w) d -> b d t h w", b=B, t=Tl, h=Hl, w=Wl)  # (B, D, T', H', W')
 
 
@@ -332,12 +349,9 @@ def carry_first_frame(
     vis = visible[:, frames] & visible[:, :1]  # (B, T', N) visible now and at frame 0
     vis[:, 0] = False
     cells, w = _bilinear_cells(tracks[:, frames], vis, cell_size, (Hl, Wl))  # 2 x (B, T', N, 4)
-    bt = torch.arange(B * Tl, device=device).view(B, Tl, 1, 1)
-    cells = (bt * (Hl * Wl) + cells).flatten()  # (B T' N 4,) flat (b t' h' w') index
-    values = w[..., None] * feature[:, None, :, None, :]  # (B, T', N, 4, D)
-    total = torch.zeros(B * Tl * Hl * Wl, D, dtype=dtype, device=device).index_add(0, cells, values.reshape(-1, D))
-    weight = torch.zeros(B * Tl * Hl * Wl, dtype=dtype, device=device).index_add(0, cells, w.flatten())
-    return (total / weight.clamp(min=1)[:, None]).view(B, Tl * Hl * Wl, D)  # (B, T' H' W', D)
+    total = _splat(cells, w, feature, Hl * Wl)  # (B T' H' W', D)
+    weight = _splat(cells, w, torch.ones(B, N, 1, dtype=dtype, device=device), Hl * Wl)  # (B T' H' W', 1)
+    return (total / weight.clamp(min=1)).view(B, Tl * Hl * Wl, D)  # (B, T' H' W', D)
 
 
 # ---------------------------------------------------------------------------------------------------------
