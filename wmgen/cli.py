@@ -163,6 +163,32 @@ TRAIN_RECIPES = {  # `wmgen train <name>`: (module, config dataclass, function(c
 }
 
 
+def _run_recipe(run: Path) -> str:
+    """The `wmgen train` recipe (a key of TRAIN_RECIPES) whose config the newest checkpoint of ``run`` holds:
+    the one recipe whose config dataclass has all its keys (a run older than a new field lacks that field)."""
+    import dataclasses
+    import importlib
+    import json
+
+    from wmgen.train.common import latest_checkpoint
+
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({run / 'checkpoints'} / latest.json)")
+    keys = set(json.loads((ckpt / "state.json").read_text())["config"])
+    matches = []
+    for recipe, (module, config_name, _) in TRAIN_RECIPES.items():
+        config_cls = getattr(importlib.import_module(module), config_name)
+        if keys <= {f.name for f in dataclasses.fields(config_cls)}:
+            matches.append(recipe)
+    if len(matches) != 1:
+        raise ValueError(
+            f"run = {str(run)!r}: its checkpoint's config fits {len(matches)} `wmgen train` recipes "
+            f"({matches}), expected one (keys {sorted(keys)})"
+        )
+    return matches[0]
+
+
 def _train(
     recipe: str, config: Path | None, set_: list[str] | None, resume: bool, quiet: bool, section: str | None = None
 ) -> None:
@@ -214,18 +240,31 @@ def train_adapter(
 
 @train_app.command("export")
 def train_export(
-    run: Annotated[Path, typer.Argument(help="Run directory of `wmgen train flow` (its `out`).")],
-    out: Annotated[Path, typer.Option(help="WorldModel directory to write.")],
+    run: Annotated[Path, typer.Argument(help="Run directory of `wmgen train flow` or `wmgen train vae` (its `out`).")],
+    out: Annotated[Path, typer.Option(help="Directory to write: a WorldModel (flow run) or a VAE (vae run).")],
     step: Annotated[int | None, typer.Option(min=1, help="Checkpoint step (default: the newest).")] = None,
     vae: Annotated[
-        Path | None, typer.Option(help="A decoder fine-tune of the run's VAE to export instead (same encoder).")
+        Path | None, typer.Option(help="Flow runs: a decoder fine-tune of the run's VAE to export instead.")
     ] = None,
 ) -> None:
-    """Export a checkpoint of a flow run (EMA weights) as a WorldModel, e.g. to evaluate it part-way."""
+    """Export a checkpoint (EMA weights) of a flow run as a WorldModel, or of a VAE run as a VAE: to evaluate a
+    run part-way, or keep its best validation step."""
     from wmgen.train.flow import export_checkpoint
+    from wmgen.train.vae import export_vae_checkpoint
 
     try:
-        path = export_checkpoint(run, out, step=step, vae=vae)
+        recipe = _run_recipe(run)
+        if recipe == "vae" and vae is not None:
+            raise ValueError(f"--vae swaps the VAE of a flow run's export; {run} holds a `wmgen train vae` run")
+        if recipe == "vae":
+            path = export_vae_checkpoint(run, out, step=step)
+        elif recipe == "flow":
+            path = export_checkpoint(run, out, step=step, vae=vae)
+        else:
+            raise ValueError(
+                f"run = {str(run)!r} holds a `wmgen train {recipe}` run: only flow and vae runs are "
+                "exported this way (the others write their export when they end)"
+            )
     except (FileNotFoundError, ValueError) as err:
         _fail(err)
     typer.echo(f"wrote {path}")

@@ -1,7 +1,10 @@
 """Shared pieces of the evaluation tests: tiny random world models, a hand-made "falling checker square" dataset
-(whose motion the Lucas-Kanade tracker follows exactly) and stand-ins for WorldModel.generate."""
+(whose motion the Lucas-Kanade tracker follows exactly), stand-ins for WorldModel.generate and a script loader."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -106,3 +109,11 @@ class StandIn:
                 out.append(frame.cpu()[:, None].expand(-1, num_frames, -1, -1))
         pixels = torch.stack(out)  # (B, 3, T, H, W)
         return Video(pixels, torch.zeros(len(out), 1, 1, 1, 1), 12.0)
+
+
+def load_script(path: Path):
+    """Import a script (benchmarks/, apps/) as a module, to call its main(argv)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

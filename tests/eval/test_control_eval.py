@@ -5,7 +5,6 @@ saved world model, two adapters and a tiny simulated dataset."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from eval_helpers import SPATIAL, StandIn, make_text, make_wm, square_clip, squares
+from eval_helpers import SPATIAL, StandIn, load_script, make_text, make_wm, square_clip, squares
 
 from controls.controlnet import DepthAdapter, MapControl, edges_from_video
 from controls.tracks import TrackAdapter, TrackControl
@@ -241,13 +240,6 @@ def test_track_figures_write_gif_and_png(tmp_path, data):
 
 
 # --- the scripts end to end ---------------------------------------------------------------------------------
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

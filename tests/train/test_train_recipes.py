@@ -63,7 +63,7 @@ from wmgen.train.flow import (
     train_flow,
     velocity_error,
 )
-from wmgen.train.vae import VAETrainConfig, _crop, object_psnr, object_weights, train_vae
+from wmgen.train.vae import VAETrainConfig, _crop, export_vae_checkpoint, object_psnr, object_weights, train_vae
 
 RES, FRAMES, LC = 16, 5, 8  # pixels, frames per clip, text tokens
 LATENT = (4, 2, 4, 4)  # C, T', H', W' of one clip under the test VAE
@@ -237,6 +237,39 @@ def test_train_vae_exports_model_with_finite_stats_and_validates(data):
     for name, value in vae.state_dict().items():
         if f"vae.{name}" in ema:
             assert torch.equal(value, ema[f"vae.{name}"]), name
+
+
+def test_export_of_a_vae_run_writes_the_vae_of_any_step(data, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "export", str(data.vae_run), "--out", str(tmp_path / "latest")])
+    assert result.exit_code == 0, result.output
+    final = CausalVAE.from_pretrained(data.vae).state_dict()
+    latest = CausalVAE.from_pretrained(tmp_path / "latest").state_dict()
+    assert all(torch.equal(v, final[k]) for k, v in latest.items())  # the newest = the run's own export, stats too
+    have = sorted(int(p.name[5:]) for p in (data.vae_run / "checkpoints").glob("step-*"))
+    early = export_vae_checkpoint(data.vae_run, tmp_path / "early", step=have[0])
+    ema = tensors(data.vae_run, have[0])["ema"]
+    vae = CausalVAE.from_pretrained(early)
+    for name, value in vae.state_dict().items():
+        if f"vae.{name}" in ema:
+            assert torch.equal(value, ema[f"vae.{name}"]), name
+    assert not torch.equal(vae.latents_std, torch.ones_like(vae.latents_std))  # measured for this step's encoder
+    assert not torch.equal(vae.latents_mean, final["latents_mean"])
+
+    # a decoder fine-tune's checkpoint keeps init's encoder and statistics
+    tuned_run = tmp_path / "decoder"
+    train_vae(vae_config(data, tuned_run, init=str(data.vae), train_encoder=False))
+    tuned = CausalVAE.from_pretrained(export_vae_checkpoint(tuned_run, tmp_path / "tuned", step=2)).state_dict()
+    frozen = ("encoder.", "quant.", "latents_mean", "latents_std")
+    assert all(torch.equal(tuned[k], final[k]) for k in final if k.startswith(frozen))
+
+    # refusals: --vae belongs to flow runs; a missing step names the ones there are; an adapter run is not exported
+    export = ["train", "export", str(data.vae_run), "--out", str(tmp_path / "x")]
+    bad = runner.invoke(app, [*export, "--vae", str(data.vae)])
+    assert bad.exit_code == 2 and "holds a `wmgen train vae` run" in bad.output
+    bad = runner.invoke(app, [*export, "--step", "1"])
+    assert bad.exit_code == 2 and "step = 1: " in bad.output and str(have) in bad.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_vae_with_discriminator_trains_both_players(data, tmp_path):
@@ -822,6 +855,9 @@ def test_train_adapter_resumes_exactly_and_refuses_bad_settings(data, backbones,
         train_adapter(dataclasses.replace(config, model=""))
     with pytest.raises(ValueError, match="carry is an option of the tracks adapter, got kind = 'depth'"):
         dataclasses.replace(config, kind="depth", carry=True)
+    # `wmgen train export` exports flow and VAE runs; an adapter run's export is its own adapter/
+    bad = CliRunner().invoke(app, ["train", "export", str(run), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "holds a `wmgen train adapter` run" in bad.output and not (tmp_path / "x").exists()
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ the encoder was frozen), written by ``CausalVAE.save_pretrained`` to ``<out>/vae
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,11 @@ from typing import Any
 import kornia
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from wmgen.config import validate
+from wmgen.config import from_dict, validate
 from wmgen.models.vae import VAE_PRESETS, CausalVAE
 from wmgen.train.common import (
     Distributed,
@@ -48,11 +51,13 @@ from wmgen.train.common import (
     Trainer,
     example_generators,
     global_batch_indices,
+    latest_checkpoint,
+    step_checkpoint,
 )
 
 __all__ = [
-    "PatchDiscriminator", "VAETrainConfig", "measure_latent_stats", "object_psnr", "object_weights",
-    "reconstruction_metrics", "train_vae",
+    "PatchDiscriminator", "VAETrainConfig", "export_vae_checkpoint", "measure_latent_stats", "object_psnr",
+    "object_weights", "reconstruction_metrics", "train_vae",
 ]
 
 
@@ -223,6 +228,49 @@ def _load_init(config: VAETrainConfig, vae: CausalVAE) -> dict[str, Tensor] | No
     return state
 
 
+def _vae_from_state(
+    config: VAETrainConfig, state: dict[str, Tensor], init_state: dict[str, Tensor] | None
+) -> CausalVAE:
+    """A CausalVAE (eval mode, CPU) with a run's weights: ``state`` holds the run module's (``vae.*``; the
+    discriminator's are ignored); the parts it lacks (frozen, not trained) come from ``init_state``."""
+    model = CausalVAE(VAE_PRESETS[config.preset])
+    if init_state is not None:  # frozen parts are not in the run's state: they stay init's
+        model.load_state_dict(init_state)
+    model.load_state_dict(
+        {k.removeprefix("vae."): v.cpu() for k, v in state.items() if k.startswith("vae.")}, strict=False
+    )  # fmt: skip  (latent stats buffers are set at export)
+    return model.eval()
+
+
+@torch.no_grad()
+def _export(config: VAETrainConfig, model: CausalVAE, train_set: Any, out: Path) -> Path:
+    """Measure the latent statistics (unless the encoder is init's, whose statistics ``model`` already holds)
+    and write ``model`` to ``out``."""
+    if config.train_encoder:
+        device = next(model.parameters()).device
+        model.set_latent_stats(*measure_latent_stats(model, train_set, config.stats_clips, device=device))
+    return model.save_pretrained(out)
+
+
+def export_vae_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None) -> Path:
+    """Export one checkpoint of a `wmgen train vae` run (its EMA weights; the current ones when the run kept no
+    EMA) to ``out`` as the run's own export does after its last step (``wmgen train export``), e.g. to keep
+    the best validation step rather than the last. ``step``: which checkpoint (default: the newest). The latent
+    statistics are measured on the run's training data, which must still be there."""
+    from physics.worlds import WorldDataset
+
+    ckpt = latest_checkpoint(run) if step is None else step_checkpoint(run, step)
+    if ckpt is None:
+        raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({Path(run) / 'checkpoints'} / latest.json)")
+    config = from_dict(VAETrainConfig, json.loads((ckpt / "state.json").read_text())["config"])
+    init_state = None
+    if config.init:
+        init_state = CausalVAE.from_pretrained(config.init).state_dict()
+    weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
+    model = _vae_from_state(config, load_file(weights), init_state)
+    return _export(config, model, WorldDataset(config.data, in_memory=True), Path(out))
+
+
 def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
     """Train (or ``resume``) a VAE; returns the exported model directory ``<out>/vae``."""
     from physics.worlds import WorldDataset
@@ -279,12 +327,7 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
             state = trainer.ema_state()
             if not d.is_main:
                 return None
-            model = CausalVAE(VAE_PRESETS[config.preset]).to(d.device)
-            if init_state is not None:  # frozen parts are not in the EMA: they stay init's
-                model.load_state_dict(init_state)
-            model.load_state_dict({k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.")},
-                                  strict=False)  # fmt: skip  (latent stats buffers are set at export)
-            return model.eval()
+            return _vae_from_state(config, state, init_state).to(d.device)
 
         @torch.no_grad()
         def validate_fn(step: int) -> dict[str, Any]:
@@ -303,16 +346,10 @@ def train_vae(config: VAETrainConfig, *, resume: bool = False) -> Path:
             metrics = {f"val_{key}": sum(k * s[key] for k, s in scores) / n for key in ("psnr", "ssim")}
             return {**metrics, "val_object_psnr": torch.cat(objects).nanmean().item()}
 
-        @torch.no_grad()
         def export() -> None:
             model = ema_vae()
-            if model is None:
-                return
-            if config.train_encoder:
-                model.set_latent_stats(*measure_latent_stats(model, train_set, config.stats_clips, device=d.device))
-            # else: the encoder is init's, so are the latent statistics (loaded with its weights above)
-            model.save_pretrained(out / "vae")
+            if model is not None:
+                _export(config, model, train_set, out / "vae")
 
         trainer.fit(loss_fn, validate=validate_fn, export=export)
     return out / "vae"
-
