@@ -51,8 +51,8 @@ from wmgen.eval.world import (
     evaluate_twins,
     frame0_queries,
     markdown_table,
-    object_motion,
     psnr,
+    tracked_object_motion,
     visible_in_frame,
 )
 
@@ -206,17 +206,10 @@ def evaluate_vae(
         colours = object_colour_errors(recon, gt, batch["mask"])
 
         # world check, motion half: every object's frame-0-visible tracks, simulated and re-tracked
-        vis = visible_in_frame(batch["tracks"], batch["visible"], H, W)  # (B, T, N)
-        queries, index, valid = frame0_queries(batch["tracks"], [v.nonzero()[:, 0] for v in vis[:, 0]])
-        ids = batch["object_ids"].gather(1, index)  # (B, K)
-        sim = batch["tracks"].gather(2, index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)
-        motion = {
-            "sim": object_motion(sim, queries, valid, ids),
-            "floor": object_motion(motion_tracker.track(gt, queries)[0], queries, valid, ids),
-            "vae": object_motion(motion_tracker.track(recon, queries)[0], queries, valid, ids),
-        }
+        motion = tracked_object_motion(batch, {"floor": gt, "vae": recon}, motion_tracker)
 
         # track check: the requested tracks evaluate_track_adapter asks for, re-tracked
+        vis = visible_in_frame(batch["tracks"], batch["visible"], H, W)  # (B, T, N)
         chosen = [select_tracks(vis[b, 0], num_tracks, seed=seed, clip=i) for b, i in enumerate(indices)]
         t_queries, t_index, t_valid = frame0_queries(batch["tracks"], chosen)
         requested = batch["tracks"].gather(2, t_index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)

@@ -73,6 +73,7 @@ __all__ = [
     "summarize_world_model",
     "markdown_table",
     "to_uint8",
+    "tracked_object_motion",
     "video_grid",
     "video_strip",
     "world_figures",
@@ -302,6 +303,27 @@ def visible_in_frame(tracks: Tensor, visible: Tensor, H: int, W: int) -> Tensor:
     return visible & (x >= -0.5) & (x < W - 0.5) & (y >= -0.5) & (y < H - 0.5)
 
 
+def tracked_object_motion(
+    batch: dict[str, Any], videos: dict[str, Tensor], tracker: PointTracker
+) -> dict[str, list[dict[int, tuple[float, int]]]]:
+    """``object_motion`` of every object's tracks visible at frame 0: simulated (key ``"sim"``, the batch's
+    tracks) and re-tracked by ``tracker`` in each of ``videos`` ({name: [B, 3, T, H, W]}, same keys out).
+
+    ``batch`` holds ``tracks`` [B, T, N, 2], ``visible`` [B, T, N] and ``object_ids`` [B, N] (a collated
+    WorldDataset batch)."""
+    tracks = batch["tracks"]
+    _, T, _, _ = tracks.shape
+    H, W = next(iter(videos.values())).shape[-2:]
+    vis0 = visible_in_frame(tracks[:, :1], batch["visible"][:, :1], H, W)[:, 0]  # (B, N)
+    queries, index, valid = frame0_queries(tracks, [v.nonzero()[:, 0] for v in vis0])
+    ids = batch["object_ids"].gather(1, index)  # (B, K)
+    sim = tracks.gather(2, index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)
+    motion = {"sim": object_motion(sim, queries, valid, ids)}
+    for name, video in videos.items():
+        motion[name] = object_motion(tracker.track(video, queries)[0], queries, valid, ids)
+    return motion
+
+
 def finite_or_none(value: Any) -> Any:
     """JSON-safe copy: non-finite floats become None (strict JSON has no inf / NaN), recursively."""
     if isinstance(value, float):
@@ -404,16 +426,7 @@ def evaluate_world_model(
         p_gen, p_copy, p_vae = (psnr(x[:, :, 1:], gt[:, :, 1:]).tolist() for x in (video, copy, vae))
 
         # 2. motion: the frame-0-visible tracks of every object, simulated and re-tracked
-        vis0 = visible_in_frame(batch["tracks"][:, :1], batch["visible"][:, :1], H, W)[:, 0]  # (B, N)
-        queries, index, valid = frame0_queries(batch["tracks"], [v.nonzero()[:, 0] for v in vis0])
-        ids = batch["object_ids"].gather(1, index)  # (B, K)
-        sim = batch["tracks"].gather(2, index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)
-        motion = {
-            "sim": object_motion(sim, queries, valid, ids),
-            "gen": object_motion(tracker.track(video, queries)[0], queries, valid, ids),
-            "floor": object_motion(tracker.track(gt, queries)[0], queries, valid, ids),
-            "vae": object_motion(tracker.track(vae, queries)[0], queries, valid, ids),
-        }
+        motion = tracked_object_motion(batch, {"gen": video, "floor": gt, "vae": vae}, tracker)
 
         for b, i in enumerate(indices):
             objects = []
