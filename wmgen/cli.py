@@ -168,14 +168,10 @@ def _run_recipe(run: Path) -> str:
     the one recipe whose config dataclass has all its keys (a run older than a new field lacks that field)."""
     import dataclasses
     import importlib
-    import json
 
-    from wmgen.train.common import latest_checkpoint
+    from wmgen.train.common import export_source
 
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({run / 'checkpoints'} / latest.json)")
-    keys = set(json.loads((ckpt / "state.json").read_text())["config"])
+    keys = set(export_source(run)[0])
     matches = []
     for recipe, (module, config_name, _) in TRAIN_RECIPES.items():
         config_cls = getattr(importlib.import_module(module), config_name)

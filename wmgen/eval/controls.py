@@ -98,6 +98,7 @@ __all__ = [
     "map_figures",
     "map_table",
     "reference_edges",
+    "requested_tracks",
     "select_tracks",
     "summarize_map_adapter",
     "summarize_track_adapter",
@@ -131,6 +132,25 @@ def select_tracks(visible0: Tensor, num_tracks: int, *, seed: int, clip: int) ->
     generator = torch.Generator().manual_seed(batch_seed(seed, clip))
     pick = candidates[torch.randperm(len(candidates), generator=generator)[:num_tracks]]
     return pick.sort().values
+
+
+def requested_tracks(tracks: Tensor, visible: Tensor, chosen: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """The track check's request: the ``chosen`` simulator tracks of each clip (``select_tracks``), padded to one K.
+
+    Args:
+        tracks: [B, T, N, 2] the simulator's tracks (pixels).
+        visible: [B, T, N] bool, visible and inside the frame (``visible_in_frame``).
+        chosen: per clip, a LongTensor of track indices.
+
+    Returns:
+        queries [B, K, 3] (the tracker's frame-0 queries), requested [B, T, K, 2], requested_visible [B, T, K]
+        (False on padded slots).
+    """
+    T = tracks.shape[1]
+    queries, index, valid = frame0_queries(tracks, chosen)  # (B, K, 3), (B, K), (B, K)
+    requested = tracks.gather(2, index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)
+    requested_visible = visible.gather(2, index[:, None].expand(-1, T, -1)) & valid[:, None]  # (B, T, K)
+    return queries, requested, requested_visible
 
 
 def _ratio(a: float, b: float) -> float:
@@ -302,9 +322,7 @@ def evaluate_track_adapter(
         gt = batch["video"]  # (B, 3, T, H, W)
 
         # 1. the requested tracks: the chosen simulator tracks, visible where the simulator sees them
-        queries, index, valid = frame0_queries(batch["tracks"], chosen)  # (B, K, 3), (B, K), (B, K)
-        requested = batch["tracks"].gather(2, index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)
-        req_visible = vis.gather(2, index[:, None].expand(-1, T, -1)) & valid[:, None]  # (B, T, K)
+        queries, requested, req_visible = requested_tracks(batch["tracks"], vis, chosen)
         control = Control(adapter, TrackControl(requested, req_visible), scale=float(control_scale))
 
         # 2. the same noise with and without the control

@@ -42,14 +42,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from wmgen.eval.controls import TRACK_GOAL_FLOOR, select_tracks
+from wmgen.eval.controls import TRACK_GOAL_FLOOR, requested_tracks, select_tracks
 from wmgen.eval.tracks import ColorObjectTracker, LucasKanadeTracker, PointTracker, track_epe
 from wmgen.eval.world import (
     FALL_PX,
     _fraction,
     _mean,
     evaluate_twins,
-    frame0_queries,
     markdown_table,
     psnr,
     tracked_object_motion,
@@ -197,7 +196,7 @@ def evaluate_vae(
         indices = list(range(start, min(start + batch_size, clips)))
         batch = WorldDataset.collate([dataset[i] for i in indices])
         gt = batch["video"].float()  # (B, 3, T, H, W) in [-1, 1]
-        B, _, T, H, W = gt.shape
+        _, _, _, H, W = gt.shape
         recon = vae.decode(vae.encode(gt.to(device)).mode()).clamp(-1, 1).cpu()  # (B, 3, T, H, W)
         copy = gt[:, :, :1].expand_as(gt)
         p_all = psnr(recon, gt).tolist()
@@ -211,10 +210,8 @@ def evaluate_vae(
         # track check: the requested tracks evaluate_track_adapter asks for, re-tracked
         vis = visible_in_frame(batch["tracks"], batch["visible"], H, W)  # (B, T, N)
         chosen = [select_tracks(vis[b, 0], num_tracks, seed=seed, clip=i) for b, i in enumerate(indices)]
-        t_queries, t_index, t_valid = frame0_queries(batch["tracks"], chosen)
-        requested = batch["tracks"].gather(2, t_index[:, None, :, None].expand(-1, T, -1, 2))  # (B, T, K, 2)
-        req_visible = vis.gather(2, t_index[:, None].expand(-1, T, -1)) & t_valid[:, None]  # (B, T, K)
-        epes = {name: track_tracker.track(video, t_queries)[0] for name, video in
+        queries, requested, req_visible = requested_tracks(batch["tracks"], vis, chosen)
+        epes = {name: track_tracker.track(video, queries)[0] for name, video in
                 (("floor", gt), ("vae", recon), ("still", copy))}  # fmt: skip
 
         for b, i in enumerate(indices):

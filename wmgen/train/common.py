@@ -52,6 +52,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "example_generators",
+    "export_source",
     "global_batch_indices",
     "latest_checkpoint",
     "lr_at",
@@ -304,6 +305,20 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
     return path
+
+
+def export_source(out_dir: str | os.PathLike, step: int | None = None) -> tuple[dict[str, Any], Path]:
+    """What exporting a run's checkpoint reads: the run's config as the checkpoint saved it (a dict) and the
+    weights file to export, its EMA weights (its current ones when the run kept no EMA). ``step``: which
+    checkpoint (default: the newest); FileNotFoundError when the run holds none, ValueError for a missing step."""
+    ckpt = latest_checkpoint(out_dir) if step is None else step_checkpoint(out_dir, step)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"run = {str(out_dir)!r} holds no checkpoint ({Path(out_dir) / CHECKPOINTS} / {LATEST})"
+        )
+    config = json.loads((ckpt / "state.json").read_text())["config"]
+    weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
+    return config, weights
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

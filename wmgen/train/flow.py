@@ -56,9 +56,8 @@ from wmgen.train.common import (
     LoopConfig,
     Trainer,
     example_generators,
+    export_source,
     global_batch_indices,
-    latest_checkpoint,
-    step_checkpoint,
 )
 
 __all__ = [
@@ -548,18 +547,14 @@ def export_checkpoint(
     ``train_encoder = False``): its encoder and latent statistics must equal the run's VAE's bit for bit, so the
     flow's latent space is unchanged and only the decoding improves.
     """
-    ckpt = latest_checkpoint(run) if step is None else step_checkpoint(run, step)
-    if ckpt is None:
-        raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({Path(run) / 'checkpoints'} / latest.json)")
-    state = json.loads((ckpt / "state.json").read_text())
-    config = from_dict(FlowTrainConfig, state["config"])
+    saved, weights = export_source(run, step)
+    config = from_dict(FlowTrainConfig, saved)
     model_vae = CausalVAE.from_pretrained(_check_dir(config.vae, "the run's vae", "config.json")).eval()
     if vae is not None:
         model_vae = _same_latent_space(model_vae, CausalVAE.from_pretrained(_check_dir(vae, "vae", "config.json")), vae)
     encoder = make_text_encoder(config.text_encoder, max_length=config.text_max_length)
     dit = VideoDiT(_dit_config(config, model_vae, encoder))
     module = FlowModule(dit, NullText(config.text_max_length, encoder.dim))
-    weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
     module.load_state_dict(load_file(weights))
     scale = None
     if config.target == "still_residual":  # the run's scale, measured again (deterministically) on its clips

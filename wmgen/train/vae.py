@@ -30,7 +30,6 @@ the encoder was frozen), written by ``CausalVAE.save_pretrained`` to ``<out>/vae
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +49,8 @@ from wmgen.train.common import (
     LoopConfig,
     Trainer,
     example_generators,
+    export_source,
     global_batch_indices,
-    latest_checkpoint,
-    step_checkpoint,
 )
 
 __all__ = [
@@ -236,9 +234,8 @@ def _vae_from_state(
     model = CausalVAE(VAE_PRESETS[config.preset])
     if init_state is not None:  # frozen parts are not in the run's state: they stay init's
         model.load_state_dict(init_state)
-    model.load_state_dict(
-        {k.removeprefix("vae."): v.cpu() for k, v in state.items() if k.startswith("vae.")}, strict=False
-    )  # fmt: skip  (latent stats buffers are set at export)
+    model.load_state_dict({k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.")},
+                          strict=False)  # fmt: skip  (latent stats buffers are set at export)
     return model.eval()
 
 
@@ -259,14 +256,9 @@ def export_vae_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, ste
     statistics are measured on the run's training data, which must still be there."""
     from physics.worlds import WorldDataset
 
-    ckpt = latest_checkpoint(run) if step is None else step_checkpoint(run, step)
-    if ckpt is None:
-        raise FileNotFoundError(f"run = {str(run)!r} holds no checkpoint ({Path(run) / 'checkpoints'} / latest.json)")
-    config = from_dict(VAETrainConfig, json.loads((ckpt / "state.json").read_text())["config"])
-    init_state = None
-    if config.init:
-        init_state = CausalVAE.from_pretrained(config.init).state_dict()
-    weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").is_file() else "model.safetensors")
+    saved, weights = export_source(run, step)
+    config = from_dict(VAETrainConfig, saved)
+    init_state = CausalVAE.from_pretrained(config.init).state_dict() if config.init else None
     model = _vae_from_state(config, load_file(weights), init_state)
     return _export(config, model, WorldDataset(config.data, in_memory=True), Path(out))
 
